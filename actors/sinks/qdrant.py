@@ -1,0 +1,234 @@
+"""Qdrant sink: a server (``sink.url``) or the embedded local mode (``sink.path``).
+
+Embedded mode keeps everything in one process (a ``path=`` store may be
+opened by one process only), so the writer actor owns it and also answers
+searches; ``shared`` is False then.  Local mode commits every point to its
+SQLite file before ``upsert`` returns, which is the durability the pipeline
+needs before it acknowledges the slot.  Against a server every write uses
+``wait=True`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from actors.sinks.base import SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
+from cluster.config import SinkConfig
+
+log = logging.getLogger(__name__)
+
+_STATE_NAMESPACE = uuid.UUID("0b7c6c5e-2a0e-4f38-9d8b-5d7c2f0e9a41")
+_SCROLL_PAGE = 512
+
+
+class QdrantSink(VectorSink):
+    """Vectors in one Qdrant collection; bookkeeping in ``<collection>_state``."""
+
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+        self.collection = config.collection
+        self.state_collection = f"{config.collection}_state"
+        self.shared = bool(config.url)
+        # Local mode is not thread-safe; the writer actor serves searches from
+        # another thread while it applies batches.
+        self._lock = threading.RLock()
+        try:
+            if config.url:
+                api_key = config.api_key.get_secret_value() if config.api_key else None
+                self.client = QdrantClient(url=config.url, api_key=api_key, timeout=30)
+                self.client.get_collections()  # fail fast on a bad URL
+            else:
+                Path(config.path).mkdir(parents=True, exist_ok=True)
+                self.client = QdrantClient(path=config.path)
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise SinkError(
+                    f"the embedded Qdrant store at {config.path} (sink.path) is open in another process; "
+                    "stop the other embedcluster run, or set sink.url to a Qdrant server"
+                ) from None
+            raise
+        except Exception as exc:  # noqa: BLE001 - any connection failure becomes one line
+            where = config.url or config.path
+            raise SinkError(
+                f"cannot open Qdrant at {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                "check sink.url (or leave it empty for embedded mode at sink.path)"
+            ) from None
+        self.dimension: int | None = None
+
+    # -- set-up -----------------------------------------------------------------
+
+    def ensure_ready(self, dimension: int) -> None:
+        with self._lock:
+            if self.client.collection_exists(self.collection):
+                info = self.client.get_collection(self.collection)
+                vectors = info.config.params.vectors
+                size = getattr(vectors, "size", None)
+                if size is None:
+                    raise SinkError(
+                        f"Qdrant collection {self.collection} uses named vectors, which embedcluster does not "
+                        "write; choose another sink.collection"
+                    )
+                if size != dimension:
+                    raise SinkError(
+                        f"Qdrant collection {self.collection} holds {size}-dimensional vectors but the model "
+                        f"produces {dimension}; choose another sink.collection or delete that collection"
+                    )
+            else:
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                )
+                log.info("created Qdrant collection %s (%d-d, cosine)", self.collection, dimension)
+            if not self.client.collection_exists(self.state_collection):
+                self.client.create_collection(
+                    self.state_collection,
+                    vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+                )
+            self.dimension = dimension
+
+    # -- writes -------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[VectorPoint]) -> None:
+        if not points:
+            return
+        structs = [
+            models.PointStruct(
+                id=p.id,
+                vector=np.asarray(p.vector, dtype=np.float32).tolist(),
+                payload=_stored_payload(p),
+            )
+            for p in points
+        ]
+        with self._lock:
+            self.client.upsert(self.collection, points=structs, wait=True)
+
+    def delete(self, point_ids: Sequence[str]) -> None:
+        if not point_ids:
+            return
+        with self._lock:
+            self.client.delete(
+                self.collection, points_selector=models.PointIdsList(points=list(point_ids)), wait=True
+            )
+
+    def update_payloads(self, points: Sequence[VectorPoint]) -> None:
+        if not points:
+            return
+        ops = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=_stored_payload(p), points=[p.id]))
+            for p in points
+        ]
+        with self._lock:
+            self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+        with self._lock:
+            result = self.client.query_points(
+                self.collection,
+                query=np.asarray(vector, dtype=np.float32).tolist(),
+                limit=k,
+                with_payload=True,
+            )
+        hits = []
+        for point in result.points:
+            stored = point.payload or {}
+            hits.append(
+                SearchHit(
+                    table=stored.get("table", ""),
+                    key=list(stored.get("key", [])),
+                    score=float(point.score),
+                    payload=dict(stored.get("payload") or {}),
+                )
+            )
+        return hits
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self.client.count(self.collection, exact=True).count)
+
+    def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
+        flt = None
+        if table is not None:
+            flt = models.Filter(must=[models.FieldCondition(key="table", match=models.MatchValue(value=table))])
+        offset = None
+        while True:
+            with self._lock:
+                records, offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=flt,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            for rec in records:
+                stored = rec.payload or {}
+                vector = None
+                if with_vectors and rec.vector is not None:
+                    vector = np.asarray(rec.vector, dtype=np.float32)
+                yield StoredPoint(
+                    id=str(rec.id),
+                    table=stored.get("table", ""),
+                    key=list(stored.get("key", [])),
+                    text=stored.get("text", ""),
+                    text_hash=stored.get("text_hash", ""),
+                    payload=dict(stored.get("payload") or {}),
+                    vector=vector,
+                )
+            if offset is None:
+                return
+
+    def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
+        if not point_ids:
+            return {}
+        with self._lock:
+            records = self.client.retrieve(
+                self.collection, ids=list(point_ids), with_payload=["text_hash"], with_vectors=False
+            )
+        return {str(r.id): (r.payload or {}).get("text_hash", "") for r in records}
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _state_id(self, name: str) -> str:
+        return str(uuid.uuid5(_STATE_NAMESPACE, name))
+
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            records = self.client.retrieve(self.state_collection, ids=[self._state_id(name)], with_payload=True)
+        if not records:
+            return None
+        return dict((records[0].payload or {}).get("value") or {})
+
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
+        with self._lock:
+            if value is None:
+                self.client.delete(
+                    self.state_collection,
+                    points_selector=models.PointIdsList(points=[self._state_id(name)]),
+                    wait=True,
+                )
+                return
+            self.client.upsert(
+                self.state_collection,
+                points=[models.PointStruct(id=self._state_id(name), vector=[1.0], payload={"name": name, "value": value})],
+                wait=True,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+
+def _stored_payload(p: VectorPoint) -> dict[str, Any]:
+    return {"table": p.table, "key": list(p.key), "text": p.text, "text_hash": p.text_hash, "payload": p.payload}

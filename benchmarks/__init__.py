@@ -1,0 +1,1 @@
+"""Benchmarks for embedcluster components (run with ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,1 @@
+"""Cluster wiring: configuration, the pipeline coordinator, and the CLI."""

@@ -1,0 +1,233 @@
+"""The ``embedcluster`` command line.
+
+``demo``    zero-configuration: private PostgreSQL + books, local Ray, embedded Qdrant, search app.
+``run``     the pipeline and search app against a configured database, until SIGINT/SIGTERM.
+``status``  slot, confirmed LSN, lag in bytes, rows applied.
+``drop``    drop the slot and the publication.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported anywhere
+
+from cluster.config import Config, ConfigError, config_from_dict, load_config  # noqa: E402
+from cluster.logs import setup_logging  # noqa: E402
+
+log = logging.getLogger("embedcluster")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, non-zero exit: how every user-facing error ends."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@click.group()
+@click.option("--log-level", default=lambda: os.environ.get("EMBEDCLUSTER_LOG_LEVEL", "INFO"),
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), show_default="INFO")
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
+    """Keep a vector index in sync with PostgreSQL and serve semantic search over it."""
+    ctx.obj = {"log_level": log_level.upper()}
+    setup_logging(log_level)
+
+
+def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
+    """Validate the source, start everything, serve until SIGINT/SIGTERM, stop cleanly."""
+    from actors.source_schema import SourceError, inspect_source
+
+    try:
+        specs = inspect_source(config.source, config.tables)
+    except SourceError as exc:
+        fail(str(exc))
+    if config.sink.kind == "qdrant" and not config.sink.url:
+        Path(config.sink.path).mkdir(parents=True, exist_ok=True)
+
+    from cluster import runtime
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    runtime.init_ray(config, log_level)
+    # after ray.init, which may install handlers of its own
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    running = None
+    try:
+        try:
+            running = runtime.launch_pipeline(config, specs, log_level)
+            url = runtime.deploy_search(config, running, log_level)
+        except runtime.StartupError as exc:
+            fail(str(exc))
+        click.echo(f"search app: {url}/   (API: {url}/search?q=battle+in+space&k=5)", err=False)
+        if banner:
+            banner(url)
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        if running is not None:
+            try:
+                stats = running.stop()
+                click.echo(
+                    f"stopped: slot {stats['slot']} confirmed {stats['confirmed_lsn']}, "
+                    f"{stats['rows_applied']} rows applied this run"
+                )
+            except Exception as exc:  # noqa: BLE001
+                click.echo(f"error: clean stop failed: {runtime.unwrap(exc)}", err=True)
+        runtime.shutdown()
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML config file")
+@click.pass_context
+def run(ctx: click.Context, config_path: str) -> None:
+    """Run the pipeline and the search app until SIGINT/SIGTERM."""
+    run_pipeline(_load(config_path), ctx.obj["log_level"])
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="search app port on 127.0.0.1")
+@click.option("--state-dir", default=".embedcluster/demo", show_default=True, type=click.Path(file_okay=False),
+              help="where the demo keeps its PostgreSQL data and Qdrant store")
+@click.option("--pg-port", default=0, type=int, help="PostgreSQL port (default: a free one)")
+@click.pass_context
+def demo(ctx: click.Context, port: int, state_dir: str, pg_port: int) -> None:
+    """Zero-configuration demo: private PostgreSQL with books, local Ray, embedded Qdrant."""
+    import psycopg
+
+    from cluster.demo import seed
+    from cluster.pgserver import LocalPostgres, PostgresNotFound, free_port
+
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    port_file = state / "pg.port"
+    if not pg_port and port_file.exists():
+        pg_port = int(port_file.read_text().strip() or 0)
+    try:
+        pg = LocalPostgres(state / "pgdata", port=pg_port or free_port())
+    except PostgresNotFound as exc:
+        fail(str(exc))
+    try:
+        pg.start()
+    except Exception as exc:  # noqa: BLE001 - e.g. port taken
+        fail(f"cannot start the demo PostgreSQL on port {pg.port}: {exc}; pass --pg-port with a free port")
+    port_file.write_text(str(pg.port))
+    try:
+        dsn = pg.create_database("demo")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seeded = seed(conn)
+        config = config_from_dict(
+            {
+                "source": {"dsn": dsn},
+                "tables": [{"name": "public.books", "text": "{description}",
+                            "payload": ["name", "description", "author", "year"]}],
+                "sink": {"kind": "qdrant", "path": str(state / "qdrant")},
+                "serve": {"host": "127.0.0.1", "port": port},
+            },
+            origin="demo",
+            environ={},
+        )
+
+        def banner(url: str) -> None:
+            click.echo("")
+            click.echo(f"  books table {'seeded with 8 books' if seeded else 'kept from the last run'}")
+            click.echo(f"  search page: {url}/")
+            click.echo(f"  try:         curl '{url}/search?q=battle+in+space&k=3'")
+            click.echo(f"  add rows:    psql '{dsn}'")
+            click.echo("  stop:        Ctrl-C")
+            click.echo("")
+
+        run_pipeline(config, ctx.obj["log_level"], banner=banner)
+    finally:
+        pg.stop()
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def status(config_path: str) -> None:
+    """Slot name, confirmed LSN, lag in bytes, rows applied."""
+    from actors.changes import format_lsn
+    from actors.source_schema import SourceError, connect, slot_info
+
+    config = _load(config_path)
+    try:
+        with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
+            info = slot_info(conn, config.source.slot)
+    except SourceError as exc:
+        fail(str(exc))
+    rows: Any = "unknown (pipeline not running)"
+    state = "not running"
+    try:
+        url = f"http://{config.serve.host}:{config.serve.port}/stats"
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            stats = json.load(resp)
+        rows, state = stats.get("rows_applied"), stats.get("state")
+    except Exception:  # noqa: BLE001 - the pipeline is simply not up
+        pass
+    click.echo(f"slot:          {info.slot}{'' if info.exists else ' (does not exist)'}")
+    click.echo(f"active:        {'yes' if info.active else 'no'}")
+    click.echo(f"confirmed LSN: {format_lsn(info.confirmed_lsn)}")
+    click.echo(f"server LSN:    {format_lsn(info.current_lsn)}")
+    click.echo(f"lag bytes:     {info.lag_bytes if info.lag_bytes is not None else '-'}")
+    click.echo(f"pipeline:      {state}")
+    click.echo(f"rows applied:  {rows}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--yes", is_flag=True, help="really drop them")
+def drop(config_path: str, yes: bool) -> None:
+    """Drop the replication slot and the publication (the next run backfills again)."""
+    from actors.source_schema import SourceError, connect
+
+    config = _load(config_path)
+    if not yes:
+        fail(f"this drops slot {config.source.slot} and publication {config.source.publication}; "
+             "pass --yes to confirm")
+    slot, pub = config.source.slot, config.source.publication
+    try:
+        with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
+            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            if row is not None and row[0] is not None:
+                fail(f"slot {slot} is in use by process {row[0]}; stop embedcluster run first")
+            if row is not None:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                click.echo(f"dropped slot {slot}")
+            else:
+                click.echo(f"slot {slot} does not exist")
+            exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
+            if exists:
+                conn.execute(f'DROP PUBLICATION "{pub}"')
+                click.echo(f"dropped publication {pub}")
+            else:
+                click.echo(f"publication {pub} does not exist")
+    except SourceError as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,277 @@
+"""The coordinator: moves batches reader -> embedders -> writer and acks the slot.
+
+Flow control and ordering live here (and nowhere else):
+
+* At most ``max_inflight_batches`` batches are between "read" and "written".
+  When the window is full the reader is not called, the replication socket is
+  not drained, and PostgreSQL holds the backlog in its WAL: memory stays
+  bounded under any backlog.
+* Embedding runs in parallel across the actor pool; writes do not: exactly one
+  ``apply`` is in flight, and batches are applied in the order they were read.
+* After batch ``n`` is written, ``ack_lsn`` of batch ``n`` is confirmed to the
+  slot.  Since batches ``1..n-1`` were written before, every change up to that
+  LSN is durable: "flush sinks, then commit offsets".
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from actors.changes import format_lsn
+from actors.source_schema import SourceError, connect, slot_info
+from cluster.config import Config
+from cluster.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "embedcluster"
+PIPELINE_ACTOR = "pipeline"
+WRITER_ACTOR = "writer"
+READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
+MAX_RETRY_DELAY_S = 30.0
+
+
+@dataclass
+class _Entry:
+    """A batch between read and written."""
+
+    meta: dict[str, Any]
+    batch_ref: ray.ObjectRef
+    vectors_ref: ray.ObjectRef | None
+    read_at: float = field(default_factory=time.monotonic)
+
+
+class PipelineCoordinator:
+    """Drives one pipeline.  Plain class; ``PipelineActor`` runs it in the cluster."""
+
+    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any) -> None:
+        self.config = config
+        self.reader = reader
+        self.embedders = embedders
+        self.writer = writer
+        self.slot = config.source.slot
+        self.window = config.inflight_batches
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._next_embedder = 0
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.rows_applied = 0
+        self.backfill_rows = 0
+        self.batches_applied = 0
+        self.acked_lsn = 0
+        self.errors = 0
+        self._slot_stats: dict[str, Any] = {"confirmed_lsn": None, "lag_bytes": None}
+        self._stats_conn = None
+        self._stats_at = 0.0
+
+    # -- start-up -------------------------------------------------------------
+
+    def _start_source(self) -> None:
+        """Resume the slot if its backfill completed, else take a fresh snapshot."""
+        tables = sorted(t.name for t in self.config.tables)
+        state = ray.get(self.writer.backfill_state.remote())
+        resume = (
+            ray.get(self.reader.slot_exists.remote())
+            and state is not None
+            and state.get("backfill_complete")
+            and sorted(state.get("tables", [])) == tables
+        )
+        if resume:
+            ray.get(self.reader.start.remote(False))
+            self.state = "streaming"
+            log.info("slot %s: resuming stream", self.slot)
+            return
+        # Writer first: it must forget the old completion marker before any
+        # snapshot row is written, so a crash mid-backfill re-snapshots.
+        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication))
+        info = ray.get(self.reader.start.remote(True))
+        self.state = "backfilling"
+        log.info("slot %s: backfill from snapshot at %s", self.slot, info.get("consistent_lsn"))
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; restarts from the slot after any failure."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self._start_source()
+                self._pump()
+                break  # clean stop
+            except Exception as exc:  # noqa: BLE001 - recover by replaying from the slot
+                self.errors += 1
+                self.last_error = _one_line(exc)
+                self.state = "recovering"
+                log.error(
+                    "slot %s: pipeline failed (%s); replaying from confirmed LSN %s in %.0f s",
+                    self.slot, self.last_error, format_lsn(self.acked_lsn or None), delay,
+                )
+                try:
+                    ray.get(self.reader.close.remote(), timeout=10)
+                except Exception:  # noqa: BLE001
+                    pass
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        self.state = "stopped"
+
+    def _pump(self) -> None:
+        cfg = self.config
+        queue: collections.deque[_Entry] = collections.deque()
+        read_ref: ray.ObjectRef | None = None
+        read_batch_ref: ray.ObjectRef | None = None
+        applying: tuple[_Entry, ray.ObjectRef] | None = None
+        pending_ack = 0
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and read_ref is None and applying is None and not queue:
+                break
+            # 1. read, unless the window is full (backpressure) or stopping
+            if read_ref is None and not stopping and len(queue) + (applying is not None) < self.window:
+                read_ref, read_batch_ref = self.reader.read_batch.remote(
+                    cfg.source.max_batch_changes, READ_TIMEOUT_S, pending_ack or None
+                )
+                pending_ack = 0
+            # 2. write the oldest batch; one at a time keeps commit order
+            if applying is None and queue:
+                head = queue.popleft()
+                applying = (head, self.writer.apply.remote(head.batch_ref, head.vectors_ref))
+            waits = [r for r in (read_ref, applying[1] if applying else None) if r is not None]
+            if not waits:
+                continue
+            ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
+            self._refresh_slot_stats()
+            if read_ref is not None and read_ref in ready:
+                meta = ray.get(read_ref)
+                read_ref = None
+                if meta["changes"] or meta["snapshot_complete"]:
+                    vectors_ref = None
+                    if meta["upserts"]:
+                        vectors_ref = self._embedder().embed_batch.remote(read_batch_ref)
+                    queue.append(_Entry(meta, read_batch_ref, vectors_ref))
+                elif meta["ack_lsn"] and meta["ack_lsn"] > self.acked_lsn:
+                    if not queue and applying is None:
+                        pending_ack = meta["ack_lsn"]  # idle: nothing unwritten before it
+                        self.acked_lsn = meta["ack_lsn"]
+                    else:
+                        queue.append(_Entry(meta, read_batch_ref, None))
+                read_batch_ref = None
+            if applying is not None and applying[1] in ready:
+                entry, ref = applying
+                result = ray.get(ref)  # raises if the write failed: nothing is acked then
+                applying = None
+                self._applied(entry, result)
+                if result.ack_lsn and result.ack_lsn > self.acked_lsn:
+                    self.acked_lsn = result.ack_lsn
+                    pending_ack = result.ack_lsn
+                    if read_ref is not None or stopping:
+                        # the next read carries it too; confirm now so the slot
+                        # never lags a finished write by a whole read timeout
+                        self.reader.ack.remote(result.ack_lsn)
+        if self.acked_lsn:
+            ray.get(self.reader.ack.remote(self.acked_lsn))
+        ray.get(self.reader.close.remote())
+        log.info("slot %s: stopped after confirming %s", self.slot, format_lsn(self.acked_lsn or None))
+
+    def _applied(self, entry: _Entry, result: Any) -> None:
+        rows = result.upserts + result.deletes
+        self.rows_applied += rows
+        self.batches_applied += 1
+        if entry.meta["phase"] == "backfill":
+            self.backfill_rows += rows
+        if result.snapshot_complete:
+            self.state = "streaming"
+            log.info("slot %s: backfill written (%d rows); streaming", self.slot, self.backfill_rows)
+        elif self.state == "recovering":
+            self.state = "streaming"
+
+    def _embedder(self) -> Any:
+        handle = self.embedders[self._next_embedder % len(self.embedders)]
+        self._next_embedder += 1
+        return handle
+
+    # -- status -------------------------------------------------------------------
+
+    def _refresh_slot_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._stats_at < 1.0:
+            return
+        self._stats_at = now
+        try:
+            if self._stats_conn is None or self._stats_conn.closed:
+                self._stats_conn = connect(
+                    self.config.source.dsn_value, self.config.source.dsn_masked, autocommit=True
+                )
+            info = slot_info(self._stats_conn, self.slot)
+            self._slot_stats = {"confirmed_lsn": format_lsn(info.confirmed_lsn), "lag_bytes": info.lag_bytes}
+        except (SourceError, Exception) as exc:  # noqa: BLE001 - stats must never stop the pipeline
+            log.warning("slot %s: cannot read slot status: %s", self.slot, _one_line(exc))
+            self._stats_conn = None
+
+    def stats(self) -> dict[str, Any]:
+        if self._stop.is_set() or self.state in ("stopped",):
+            self._refresh_slot_stats(force=True)
+        return {
+            "state": self.state,
+            "slot": self.slot,
+            "rows_applied": self.rows_applied,
+            "backfill_rows": self.backfill_rows,
+            "batches_applied": self.batches_applied,
+            "acked_lsn": format_lsn(self.acked_lsn or None),
+            **self._slot_stats,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        exc = cause
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+@ray.remote(num_cpus=0, max_concurrency=8)
+class PipelineActor:
+    """Runs a :class:`PipelineCoordinator` on a thread; answers ``stats`` meanwhile."""
+
+    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, log_level: str = "INFO") -> None:
+        setup_logging(log_level)
+        self.coordinator = PipelineCoordinator(config, reader, embedders, writer)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.coordinator.run, name="pipeline", daemon=True)
+            self.thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.coordinator.stats()
+        try:
+            embed = ray.get([e.stats.remote() for e in self.coordinator.embedders], timeout=2)
+            stats["embedding"] = {
+                k: sum(s[k] for s in embed) for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes")
+            }
+            stats["truncated_texts"] = stats["embedding"]["truncated"]
+        except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures
+            pass
+        return stats
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop reading, write what is in flight, confirm it, close the stream."""
+        self.coordinator.stop()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.coordinator.stats()

@@ -1,0 +1,1 @@
+"""Ray Serve applications: the semantic search endpoint."""
