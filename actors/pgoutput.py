@@ -11,6 +11,7 @@ Formats".
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -44,7 +45,7 @@ def convert_text_value(type_oid: int, text: str | None) -> Any:
             value = float(text)
         except ValueError:
             return text
-        return value if value == value and value not in (float("inf"), float("-inf")) else text
+        return value if math.isfinite(value) else text  # NaN/Infinity are not JSON
     if type_oid == _NUMERIC:
         if text.lstrip("-").isdigit():
             return int(text)
@@ -52,7 +53,7 @@ def convert_text_value(type_oid: int, text: str | None) -> Any:
             value = float(text)
         except ValueError:
             return text
-        return value if value == value else text
+        return value if math.isfinite(value) else text
     if type_oid in _JSONS:
         try:
             return json.loads(text)
@@ -288,6 +289,8 @@ def parse_copy_message(data: bytes | memoryview) -> XLogData | Keepalive:
     if not buf:
         raise ProtocolError("empty copy message")
     tag = buf[:1]
+    if (tag == b"w" and len(buf) < 25) or (tag == b"k" and len(buf) < 18):
+        raise ProtocolError("copy message truncated")
     if tag == b"w":
         start, end, _ts = struct.unpack_from(">QQq", buf, 1)
         return XLogData(start, end, buf[25:])

@@ -36,7 +36,7 @@ def mask_dsn(dsn: str) -> str:
         return "<unparsable dsn>"
     if parts.password is None:
         # key=value form: hide password=...
-        return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
 
@@ -150,8 +150,8 @@ class SinkConfig(_Section):
     url: str = ""
     path: str = ".embedcluster/qdrant"
     api_key: SecretStr | None = None
-    # mysql
-    dsn: str = ""
+    # mysql (may hold a password: kept out of repr; log dsn_masked)
+    dsn: str = Field(default="", repr=False)
     table: str = "embeddings"
     dialect: Literal["auto", "cloudsql", "cloudsql-preview", "mariadb", "portable"] = "auto"
     distance: Literal["cosine"] = "cosine"
@@ -248,8 +248,7 @@ def config_from_dict(data: dict[str, Any], origin: str = "config", environ: dict
     """Validate a config mapping, applying env-var overrides for secrets."""
     env = os.environ if environ is None else environ
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    if env.get(ENV_SOURCE_DSN):
-        data.setdefault("source", {})
+    if env.get(ENV_SOURCE_DSN) and isinstance(data.setdefault("source", {}), dict):
         data["source"]["dsn"] = env[ENV_SOURCE_DSN]
     sink = data.setdefault("sink", {})
     if isinstance(sink, dict):

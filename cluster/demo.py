@@ -26,13 +26,13 @@ BATCH_1 = [
 # The second batch of the README story (alien invasions); the README shows it as SQL.
 BATCH_2 = [
     ("Old Man's War", "Earth's senior citizens are recruited to fight in an interstellar war, discovering new alien cultures and threats.", "John Scalzi", 2005),
-    ("Ender's Game", "A gifted child is trained in orbital battle school to lead humanity's fleet against an insect-like alien race.", "Orson Scott Card", 1985),
-    ("The Forever War", "A soldier fights a centuries-long war against an alien enemy while time dilation makes Earth unrecognisable.", "Joe Haldeman", 1974),
     ("Childhood's End", "Benevolent alien overlords arrive above Earth's cities and end war, at the price of humanity's future.", "Arthur C. Clarke", 1953),
-    ("The Three-Body Problem", "Contact with an alien civilization on a dying three-sun world sets it on course to invade Earth.", "Liu Cixin", 2008),
-    ("Independence Day", "Giant alien ships appear over the world's capitals and attack, and the survivors strike back.", "Stephen Molstad", 1996),
-    ("Footfall", "Elephant-like aliens invade Earth with an asteroid strike and humanity builds a spaceship to fight back.", "Larry Niven and Jerry Pournelle", 1985),
+    ("The Three-Body Problem", "Contact with an alien civilization on a dying three-sun world sets it on course for Earth.", "Liu Cixin", 2008),
+    ("Independence Day", "Giant alien ships appear over the world's capitals, and the survivors must outwit them.", "Stephen Molstad", 1996),
+    ("Footfall", "Elephant-like aliens land in Kansas and try to conquer humanity.", "Larry Niven and Jerry Pournelle", 1985),
     ("The Puppet Masters", "Slug-like alien parasites land in Iowa and take control of human hosts.", "Robert A. Heinlein", 1951),
+    ("The Body Snatchers", "A small-town doctor discovers that his neighbours are being replaced by emotionless alien duplicates.", "Jack Finney", 1955),
+    ("Dawn", "Aliens rescue the last humans after a nuclear war and offer them a genetic trade.", "Octavia E. Butler", 1987),
 ]
 
 

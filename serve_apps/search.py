@@ -37,6 +37,33 @@ from cluster.logs import setup_logging
 log = logging.getLogger(__name__)
 
 MAX_K = 100
+
+
+def _keep_replica_grpc_on_loopback() -> None:
+    """Bind Serve's inter-deployment gRPC server to 127.0.0.1 on a loopback node.
+
+    Ray Serve 2.60 binds that server to ``[::]:0`` unconditionally (replica.py,
+    ``_on_initialized``), i.e. on every interface, even when the whole cluster
+    runs on 127.0.0.1.  The replica looks the helper up at call time, after our
+    constructor ran, so rewriting the address here keeps a single-node cluster
+    on loopback.  Multi-node clusters (node IP not loopback) are left alone.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    if not ray.util.get_node_ip_address().startswith("127."):
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_embedcluster_loopback", False):
+        return
+
+    def add_port_on_loopback(server: Any, address: str) -> int:
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    add_port_on_loopback._embedcluster_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_port_on_loopback
 api = FastAPI(title="embedcluster search", docs_url=None, redoc_url=None)
 
 
@@ -73,6 +100,7 @@ class SearchApp:
         log_level: str = "INFO",
     ) -> None:
         setup_logging(log_level)
+        _keep_replica_grpc_on_loopback()
         # queries are single sentences: CPU is fine and keeps GPUs for the pool
         device = "cpu" if embedding.device == "auto" else embedding.device
         self.embedder = Embedder(

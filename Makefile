@@ -1,0 +1,53 @@
+# embedcluster: `make demo` runs the whole thing locally, `make test` runs every test.
+# Both install what they need (system packages via apt when missing, then a venv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8000
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test unit integration system-deps install bench clean
+
+demo: install
+	$(BIN)/embedcluster demo --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -x
+
+unit: install
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+
+integration: install
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider
+
+install: system-deps $(STAMP)
+
+# PostgreSQL server binaries (initdb, pg_ctl) for the demo and tests, MariaDB for the MySQL sink tests.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server-core mariadb-client-core"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	  $$SUDO systemctl disable --now postgresql mariadb >/dev/null 2>&1 || true; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+bench: install
+	$(BIN)/embedcluster bench --help
+
+clean:
+	rm -rf $(VENV) .embedcluster build *.egg-info

@@ -1,0 +1,45 @@
+"""Assertions shared by the pipeline tests: the index equals the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from actors.changes import point_id
+from actors.sinks.base import open_sink
+from cluster.config import SinkConfig
+from tests.support.harness import wait_for
+
+
+def table_rows(dsn: str) -> dict[int, dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id, name, description, author, year FROM books ORDER BY id").fetchall()
+    return {r[0]: {"name": r[1], "description": r[2], "author": r[3], "year": r[4]} for r in rows}
+
+
+def sink_points(sink_settings: dict[str, Any]) -> dict[str, Any]:
+    """Every stored point by id (waits until a stopped pipeline has released the store)."""
+    config = SinkConfig.model_validate(sink_settings)
+    sink = wait_for(lambda: open_sink(config), 60, "the sink to be released by the stopped pipeline", interval=0.5)
+    try:
+        return {p.id: p for p in sink.iter_points(with_vectors=True)}
+    finally:
+        sink.close()
+
+
+def assert_index_equals_table(dsn: str, sink_settings: dict[str, Any]) -> None:
+    """Same keys, same text, same payload; one unit vector per row; nothing extra."""
+    rows = table_rows(dsn)
+    points = sink_points(sink_settings)
+    expected_ids = {point_id("public.books", (key,)): key for key in rows}
+    missing = sorted(expected_ids[i] for i in set(expected_ids) - set(points))
+    extra = sorted(points[i].key for i in set(points) - set(expected_ids))
+    assert not missing, f"rows missing from the index: {missing[:20]} ({len(missing)} in all)"
+    assert not extra, f"points in the index whose rows are gone: {extra[:20]} ({len(extra)} in all)"
+    for pid, key in expected_ids.items():
+        point, row = points[pid], rows[key]
+        assert point.table == "public.books" and point.key == [key]
+        assert point.text == (row["description"] or ""), f"text of row {key}"
+        assert point.payload == row, f"payload of row {key}"
+        assert point.vector is not None and abs(float((point.vector ** 2).sum()) - 1.0) < 1e-3

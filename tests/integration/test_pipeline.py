@@ -1,0 +1,195 @@
+"""The whole pipeline on real components: PostgreSQL CDC -> Ray actors -> sink -> Serve over HTTP."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cluster.demo import BATCH_2, insert_sql
+from tests.integration.checks import assert_index_equals_table
+from tests.support.harness import (
+    REPO,
+    free_port,
+    non_loopback_listeners,
+    postmaster_pid,
+    start_run,
+    wait_caught_up,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _top_name(app, q: str) -> str:  # noqa: ANN001
+    results = app.search(q, k=3)["results"]
+    return results[0]["payload"]["name"] if results else ""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_settings: dict[str, Any], pg, tmp_path: Path) -> None:  # noqa: ANN001
+    port = free_port()
+    config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
+    app = start_run(config, port, tmp_path / "run.log")
+    try:
+        # backfill: the eight pre-existing books are searchable
+        assert app.stats()["rows_applied"] >= 8
+        first = app.search("battle in space", k=5)
+        assert first["query"] == "battle in space" and first["k"] == 5
+        assert first["results"][0]["payload"]["name"] == "The War of the Worlds"
+        assert first["results"][0]["table"] == "public.books" and first["results"][0]["id"] == 7
+        scores = [r["score"] for r in first["results"]]
+        assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+        assert isinstance(first["took_ms"], float)
+
+        # the story: a second batch of alien-invasion books, Old Man's War first within seconds
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute(insert_sql(BATCH_2))
+            committed = time.monotonic()
+        wait_for(lambda: _top_name(app, "battle in space") == "Old Man's War", 10, "Old Man's War to rank first")
+        visible_after = time.monotonic() - committed
+        assert visible_after < 3.0, f"new rows took {visible_after:.2f}s to become searchable"
+
+        # update: new text -> new vector and payload
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute("UPDATE books SET description = %s, year = 1966 WHERE name = 'Dune'",
+                         ("A baker opens a shop that sells croissants and sourdough bread.",))
+        hit = wait_for(
+            lambda: next((r for r in app.search("bakery selling bread", k=1)["results"] if r["id"] == 4), None),
+            10, "the updated Dune row to match its new text",
+        )
+        assert hit["payload"]["year"] == 1966 and "sourdough" in hit["payload"]["description"]
+
+        # delete: the row leaves the index
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute("DELETE FROM books WHERE name = 'Snow Crash'")
+        wait_for(
+            lambda: all(r["id"] != 6 for r in app.search("virtual reality metaverse", k=20)["results"]),
+            10, "the deleted Snow Crash row to leave the index",
+        )
+
+        # nothing listens beyond loopback: Ray, Serve, workers, and PostgreSQL
+        assert non_loopback_listeners([app.cli.proc.pid, postmaster_pid(pg.data_dir)]) == []
+
+        wait_caught_up(books, "embedcluster")
+        # idle: the slot follows the server's position, lag drains to zero
+        stats = wait_for(lambda: (s := app.stats())["lag_bytes"] == 0 and s, 15, "/stats to report zero lag")
+        assert stats["state"] == "streaming" and stats["confirmed_lsn"] not in (None, "-")
+        status = _cli("status", "--config", str(config))
+        assert status.returncode == 0, status.stderr
+        assert "slot:          embedcluster" in status.stdout and "lag bytes:     0" in status.stdout
+        assert "pipeline:      streaming" in status.stdout
+    finally:
+        rc = app.cli.stop(signal.SIGTERM)
+    assert rc == 0, app.cli.output()[-3000:]
+    assert "stopped: slot embedcluster confirmed" in app.cli.output()
+    assert_index_equals_table(books, sink_settings)
+
+    refused = _cli("drop", "--config", str(config))
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    dropped = _cli("drop", "--config", str(config), "--yes")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "dropped slot embedcluster" in dropped.stdout and "dropped publication embedcluster" in dropped.stdout
+    with psycopg.connect(books) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'embedcluster'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = 'embedcluster'").fetchone()[0] == 0
+
+
+class ChurnWriter(threading.Thread):
+    """Inserts, updates and deletes books in small transactions until stopped."""
+
+    def __init__(self, dsn: str, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.rng = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.transactions = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn) as conn:
+                while not self.stop_event.is_set():
+                    self._transaction(conn)
+                    self.transactions += 1
+                    self.stop_event.wait(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def _transaction(self, conn: psycopg.Connection) -> None:
+        rng = self.rng
+        with conn.transaction():
+            ids = [r[0] for r in conn.execute("SELECT id FROM books").fetchall()]
+            for _ in range(rng.randint(1, 4)):
+                roll = rng.random()
+                if roll < 0.55 or not ids:
+                    n = rng.randint(0, 10**6)
+                    conn.execute(
+                        "INSERT INTO books (name, description, author, year) VALUES (%s, %s, %s, %s)",
+                        (f"Book {n}", f"A story about {rng.choice(['ships', 'dragons', 'cities', 'robots'])} number {n}.",
+                         f"Author {n % 97}", 1900 + n % 120),
+                    )
+                elif roll < 0.85:
+                    key = rng.choice(ids)
+                    conn.execute("UPDATE books SET description = description || ' Revised.', year = year + 1 WHERE id = %s", (key,))
+                else:
+                    key = rng.choice(ids)
+                    conn.execute("DELETE FROM books WHERE id = %s", (key,))
+                    ids.remove(key)
+            if rng.random() < 0.04:
+                # a larger transaction: spans several change batches
+                conn.execute(
+                    "INSERT INTO books (name, description, author, year) "
+                    "SELECT 'Bulk ' || g, 'A bulk-loaded tale number ' || g, 'Bulk', 2000 FROM generate_series(1, 150) g"
+                )
+
+    def finish(self) -> None:
+        self.stop_event.set()
+        self.join(30)
+        assert self.error is None, f"churn writer failed: {self.error!r}"
+
+
+@pytest.mark.parametrize("how", ["sigterm", "crash"])
+def test_restart_mid_stream_loses_and_duplicates_nothing(how: str, books: str, sink_settings: dict[str, Any], tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
+    churn = ChurnWriter(books, seed=7 if how == "sigterm" else 11)
+    app = start_run(config, port, tmp_path / "run1.log")
+    churn.start()
+    try:
+        # stop while changes are streaming in and batches are in flight
+        wait_for(lambda: app.stats()["rows_applied"] >= 60, 60, "the first streamed changes to be applied")
+    finally:
+        if how == "sigterm":
+            rc = app.cli.stop(signal.SIGTERM)
+            assert rc == 0, app.cli.output()[-3000:]
+        else:
+            app.cli.kill_group()
+    before_restart = churn.transactions
+    wait_for(lambda: churn.transactions >= before_restart + 20, 30, "more changes while the pipeline is down")
+
+    app = start_run(config, port, tmp_path / "run2.log")
+    try:
+        wait_for(lambda: churn.transactions >= before_restart + 60, 60, "changes while the pipeline runs again")
+        churn.finish()
+        wait_caught_up(books, "embedcluster", timeout=120)
+    finally:
+        churn.stop_event.set()
+        rc = app.cli.stop(signal.SIGTERM)
+    assert rc == 0, app.cli.output()[-3000:]
+    if how == "sigterm":
+        # a clean stop resumes from the slot: no second snapshot
+        assert "resuming stream" in app.cli.output()
+    assert_index_equals_table(books, sink_settings)

@@ -1,0 +1,201 @@
+"""actors/embedder.py with the bundled all-MiniLM-L6-v2 model (loaded once per module)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from actors.embedder import EmbedStats, Embedder, resolve_model_path
+
+DIM = 384
+
+SENTENCES = [
+    "A desert planet, a noble family and a precious spice.",
+    "The cat sat on the mat.",
+    "Quantum chromodynamics describes the strong interaction between quarks and gluons.",
+    "Hi",
+    "naïve café ☕ – 日本語のテキストも含む",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder(model="default", device="cpu", threads=2)
+
+
+def delta(embedder: Embedder, fn):
+    before = EmbedStats(**embedder.stats.as_dict())
+    out = fn()
+    after = embedder.stats
+    return out, {f: getattr(after, f) - getattr(before, f) for f in EmbedStats.__slots__}
+
+
+def long_text(words: int = 400) -> str:
+    return " ".join(f"word{i % 50}" for i in range(words))
+
+
+# -- model basics ------------------------------------------------------------------
+
+
+def test_model_properties(embedder):
+    assert embedder.dimension == DIM
+    assert embedder.max_length == 256  # from sentence_bert_config.json
+    assert embedder.device.type == "cpu"
+    assert embedder.dtype_name == "float32"
+    assert embedder.max_batch_tokens >= embedder.max_length
+
+
+def test_vectors_are_unit_float32(embedder):
+    out = embedder.embed(SENTENCES)
+    assert out.shape == (len(SENTENCES), DIM)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.isfinite(out))
+
+
+def test_empty_input(embedder):
+    out, d = delta(embedder, lambda: embedder.embed([]))
+    assert out.shape == (0, DIM) and out.dtype == np.float32
+    assert d["forward_passes"] == 0 and d["texts"] == 0
+
+
+def test_different_texts_give_different_vectors(embedder):
+    out = embedder.embed(SENTENCES[:3])
+    sims = out @ out.T
+    assert np.all(sims[~np.eye(3, dtype=bool)] < 0.99)
+
+
+def test_identical_texts_embedded_once(embedder):
+    texts = ["same text", "other text", "same text", "same text", "other text"]
+    out, d = delta(embedder, lambda: embedder.embed(texts))
+    assert d["texts"] == 5
+    assert d["unique_texts"] == 2
+    np.testing.assert_array_equal(out[0], out[2])
+    np.testing.assert_array_equal(out[0], out[3])
+    np.testing.assert_array_equal(out[1], out[4])
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_same_text_same_vector_across_calls(embedder):
+    a = embedder.embed(["repeatable"])
+    b = embedder.embed(["repeatable", "with company of a much longer sentence around it"])
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+
+
+def test_matches_sentence_transformers(embedder):
+    from sentence_transformers import SentenceTransformer
+
+    texts = SENTENCES[:5] + [long_text(400)]
+    st = SentenceTransformer(resolve_model_path("default"), device="cpu")
+    expected = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    got = embedder.embed(texts)
+    assert expected.shape == got.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# -- truncation ------------------------------------------------------------------------
+
+
+def test_long_text_is_truncated_and_counted(embedder):
+    text = long_text(600)
+    ids, truncated = embedder.tokenize([text, "short"])
+    assert truncated == 1
+    assert len(ids[0]) == embedder.max_length
+    assert ids[0][0] == embedder.tokenizer.cls_token_id and ids[0][-1] == embedder.tokenizer.sep_token_id
+    out, d = delta(embedder, lambda: embedder.embed([text, "short"]))
+    assert d["truncated"] == 1
+    assert d["tokens"] == embedder.max_length + len(ids[1])
+    np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, atol=1e-5)
+
+
+def test_text_beyond_the_limit_does_not_change_the_vector(embedder):
+    base = long_text(400)
+    out = embedder.embed([base, base + " completely different tail about oceans and ships"])
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+
+
+def test_short_text_not_counted_as_truncated(embedder):
+    _, d = delta(embedder, lambda: embedder.embed(["short one", "another short one"]))
+    assert d["truncated"] == 0
+
+
+# -- batching ---------------------------------------------------------------------------
+
+
+def test_output_order_matches_input_after_length_sorting(embedder, monkeypatch):
+    texts = [long_text(n) for n in (12, 3, 30, 1, 20, 6, 8)] + ["z"]
+    singles = np.stack([embedder.embed([t])[0] for t in texts])
+    monkeypatch.setattr(embedder, "batch_size", 2)
+    out, d = delta(embedder, lambda: embedder.embed(texts))
+    assert d["forward_passes"] == 4  # 8 distinct texts, 2 per pass
+    np.testing.assert_allclose(out, singles, atol=1e-5)
+    # a permutation of the input permutes the output the same way
+    perm = list(reversed(range(len(texts))))
+    out2 = embedder.embed([texts[i] for i in perm])
+    np.testing.assert_allclose(out2, out[perm], atol=1e-5)
+
+
+def test_padded_tokens_counted_per_pass(embedder, monkeypatch):
+    texts = ["a b c d e f g h", "a", "a b"]
+    ids, _ = embedder.tokenize(texts)
+    lengths = sorted(len(x) for x in ids)
+    monkeypatch.setattr(embedder, "batch_size", 2)
+    _, d = delta(embedder, lambda: embedder.embed(texts))
+    # passes: [two shortest], [longest]
+    assert d["padded_tokens"] == 2 * lengths[1] + lengths[2]
+    assert d["tokens"] == sum(lengths)
+
+
+def bare(batch_size: int, max_batch_tokens: int) -> Embedder:
+    e = Embedder.__new__(Embedder)  # plan_batches needs no model
+    e.batch_size = batch_size
+    e.max_batch_tokens = max_batch_tokens
+    return e
+
+
+def check_plan(batches: list[list[int]], lengths: list[int], batch_size: int, budget: int) -> None:
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    assert all(b for b in batches)
+    for b in batches:
+        assert len(b) <= batch_size
+        assert len(b) * max(lengths[i] for i in b) <= budget or len(b) == 1
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+    widths = [lengths[i] for i in flat]
+    assert widths == sorted(widths)  # passes go shortest to longest
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("batch_size", "budget"), [(1, 512), (4, 64), (8, 256), (64, 16384), (3, 100)])
+def test_plan_batches_random(seed, batch_size, budget):
+    rng = random.Random(seed * 31 + batch_size)
+    lengths = [rng.randint(1, 60) for _ in range(rng.randint(0, 120))]
+    batches = bare(batch_size, budget).plan_batches(lengths)
+    check_plan(batches, lengths, batch_size, budget)
+
+
+def test_plan_batches_cut_by_batch_size():
+    assert bare(2, 10_000).plan_batches([5, 5, 5, 5, 5]) == [[0, 1], [2, 3], [4]]
+
+
+def test_plan_batches_cut_by_token_budget():
+    # budget 100: 10 texts of 10 tokens fit; a width-50 text allows 2 per pass
+    lengths = [10] * 10 + [50, 50, 50]
+    batches = bare(64, 100).plan_batches(lengths)
+    assert batches == [list(range(10)), [10, 11], [12]]
+
+
+def test_plan_batches_sorts_by_length():
+    assert bare(2, 1000).plan_batches([30, 10, 20, 5]) == [[3, 1], [2, 0]]
+
+
+def test_plan_batches_empty():
+    assert bare(4, 100).plan_batches([]) == []
+
+
+def test_plan_batches_single_oversized_text_gets_own_pass():
+    batches = bare(8, 64).plan_batches([10, 100, 10])
+    assert batches == [[0, 2], [1]]

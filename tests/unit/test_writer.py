@@ -1,0 +1,377 @@
+"""actors/writer.py Writer against a real embedded (local-mode) Qdrant sink."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.changes import Change, ChangeBatch, point_id, text_hash
+from actors.sinks.base import SinkError
+from actors.sinks.qdrant import QdrantSink
+from actors.writer import OrderingError, Writer, state_name
+from cluster.config import SinkConfig
+
+DIM = 8
+A = "public.books"
+B = "public.authors"
+C = "public.other"
+
+
+@pytest.fixture
+def sink(tmp_path):
+    s = QdrantSink(SinkConfig(path=str(tmp_path / "q"), collection="unit"))
+    s.ensure_ready(DIM)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def writer(sink):
+    w = Writer(sink, slot="unit_slot")
+    w.open(DIM)
+    return w
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def up(table: str, key, text: str = "", lsn: int = 0, **payload) -> Change:
+    key = key if isinstance(key, tuple) else (key,)
+    return Change("upsert", table, key, text=text or f"text {table} {key}", payload=payload or {"k": list(key)}, lsn=lsn)
+
+
+def dele(table: str, key, lsn: int = 0) -> Change:
+    key = key if isinstance(key, tuple) else (key,)
+    return Change("delete", table, key, lsn=lsn)
+
+
+def trunc(table: str) -> Change:
+    return Change("truncate", table, ())
+
+
+def apply(writer: Writer, seq: int, changes: list[Change], seeds: list[int] | None = None, **kw):
+    n = sum(1 for c in changes if c.op == "upsert")
+    seeds = seeds if seeds is not None else list(range(seq * 1000, seq * 1000 + n))
+    vectors = np.stack([vec(s) for s in seeds]) if n else None
+    return writer.apply(ChangeBatch(seq=seq, changes=changes, **kw), vectors)
+
+
+def stored(sink: QdrantSink, table: str | None = None, with_vectors: bool = False) -> dict[str, object]:
+    return {p.id: p for p in sink.iter_points(table, with_vectors=with_vectors)}
+
+
+def stored_keys(sink: QdrantSink, table: str) -> set:
+    return {tuple(p.key) for p in sink.iter_points(table)}
+
+
+# -- basic writes ---------------------------------------------------------------------
+
+
+def test_upserts_are_stored_with_text_payload_and_vector(writer, sink):
+    result = apply(writer, 1, [up(A, 1, "Dune", name="Dune", year=1965), up(A, 2, "Emma", name="Emma")], seeds=[1, 2], ack_lsn=77)
+    assert (result.seq, result.ack_lsn, result.upserts, result.deletes) == (1, 77, 2, 0)
+    assert result.snapshot_complete is False and result.seconds >= 0
+    assert sink.count() == 2
+    points = stored(sink, A, with_vectors=True)
+    p1 = points[point_id(A, (1,))]
+    assert p1.table == A and p1.key == [1]
+    assert p1.text == "Dune" and p1.text_hash == text_hash("Dune")
+    assert p1.payload == {"name": "Dune", "year": 1965}
+    np.testing.assert_allclose(p1.vector, vec(1), atol=1e-6)
+    np.testing.assert_allclose(points[point_id(A, (2,))].vector, vec(2), atol=1e-6)
+    assert sink.text_hashes([point_id(A, (1,)), point_id(A, (99,))]) == {point_id(A, (1,)): text_hash("Dune")}
+
+
+def test_upserts_then_deletes_in_one_batch_last_change_wins(writer, sink):
+    changes = [up(A, 1), up(A, 2), up(A, 3), dele(A, 1), dele(A, 3), dele(A, 404)]
+    result = apply(writer, 1, changes)
+    assert result.upserts == 3 and result.deletes == 3
+    assert stored_keys(sink, A) == {(2,)}
+    assert sink.count() == 1
+
+
+def test_delete_existing_point(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 2)])
+    apply(writer, 2, [dele(A, 1)])
+    assert stored_keys(sink, A) == {(2,)}
+
+
+def test_delete_then_reinsert_same_key_in_one_batch(writer, sink):
+    apply(writer, 1, [up(A, 1, "old", v="old")], seeds=[10])
+    apply(writer, 2, [dele(A, 1), up(A, 1, "new", v="new")], seeds=[20])
+    points = stored(sink, A, with_vectors=True)
+    assert len(points) == 1
+    p = points[point_id(A, (1,))]
+    assert p.text == "new" and p.payload == {"v": "new"}
+    np.testing.assert_allclose(p.vector, vec(20), atol=1e-6)
+
+
+def test_two_upserts_of_same_key_in_batch_keep_the_last_vector(writer, sink):
+    apply(writer, 1, [up(A, 1, "first", v=1), up(A, 2, "other"), up(A, 1, "second", v=2)], seeds=[1, 2, 3])
+    points = stored(sink, A, with_vectors=True)
+    assert len(points) == 2
+    p = points[point_id(A, (1,))]
+    assert p.text == "second" and p.payload == {"v": 2}
+    np.testing.assert_allclose(p.vector, vec(3), atol=1e-6)
+    np.testing.assert_allclose(points[point_id(A, (2,))].vector, vec(2), atol=1e-6)
+
+
+def test_vectors_follow_upserts_across_deletes(writer, sink):
+    # deletes in between do not consume vector rows
+    apply(writer, 1, [dele(A, 9), up(A, 1), dele(A, 8), up(A, 2)], seeds=[11, 12])
+    points = stored(sink, A, with_vectors=True)
+    np.testing.assert_allclose(points[point_id(A, (1,))].vector, vec(11), atol=1e-6)
+    np.testing.assert_allclose(points[point_id(A, (2,))].vector, vec(12), atol=1e-6)
+
+
+def test_same_key_in_two_tables_are_two_points(writer, sink):
+    apply(writer, 1, [up(A, 1), up(B, 1), up(A, "1")])
+    assert sink.count() == 3
+    assert stored_keys(sink, A) == {(1,), ("1",)}
+    assert stored_keys(sink, B) == {(1,)}
+
+
+def test_composite_keys(writer, sink):
+    apply(writer, 1, [up(A, ("acme", 1)), up(A, ("acme", 2))])
+    apply(writer, 2, [dele(A, ("acme", 1))])
+    assert stored_keys(sink, A) == {("acme", 2)}
+
+
+def test_replaying_a_batch_is_idempotent(writer, sink):
+    changes = [up(A, 1, "one", n=1), up(A, 2, "two", n=2), up(B, 1, "b", n=3), dele(A, 3)]
+    apply(writer, 1, changes, seeds=[1, 2, 3])
+    before = stored(sink, with_vectors=True)
+    apply(writer, 2, changes, seeds=[1, 2, 3])
+    after = stored(sink, with_vectors=True)
+    assert sink.count() == 3
+    assert set(before) == set(after)
+    for pid, p in before.items():
+        q = after[pid]
+        assert (q.table, q.key, q.text, q.text_hash, q.payload) == (p.table, p.key, p.text, p.text_hash, p.payload)
+        np.testing.assert_allclose(q.vector, p.vector, atol=1e-6)
+
+
+def test_apply_counters_and_lsn(writer):
+    apply(writer, 1, [up(A, 1, lsn=0x100), dele(A, 2, lsn=0x180)])
+    apply(writer, 2, [up(A, 3, lsn=0x150)])
+    stats = writer.stats()
+    assert stats == {
+        "rows_applied": 3,
+        "upserts": 2,
+        "deletes": 1,
+        "last_batch": 2,
+        "last_commit_lsn": "0/180",
+    }
+
+
+def test_empty_batch_advances_sequence(writer, sink):
+    result = writer.apply(ChangeBatch(seq=1, ack_lsn=5), None)
+    assert result.upserts == 0 and result.deletes == 0 and result.ack_lsn == 5
+    assert writer.last_seq == 1
+    assert sink.count() == 0
+
+
+# -- ordering and validation ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("second", [1, 2])
+def test_out_of_order_seq_raises(writer, sink, second):
+    apply(writer, 2, [up(A, 1)])
+    with pytest.raises(OrderingError, match="batch"):
+        apply(writer, second, [up(A, 2)])
+    assert writer.last_seq == 2
+    assert stored_keys(sink, A) == {(1,)}  # nothing from the rejected batch
+    apply(writer, 3, [up(A, 3)])
+    assert stored_keys(sink, A) == {(1,), (3,)}
+
+
+def test_seq_zero_is_rejected_on_fresh_writer(writer):
+    with pytest.raises(OrderingError):
+        apply(writer, 0, [up(A, 1)])
+
+
+@pytest.mark.parametrize("n_vectors", [None, 0, 1, 3])
+def test_vector_count_mismatch_raises(writer, sink, n_vectors):
+    changes = [up(A, 1), dele(A, 5), up(A, 2)]
+    vectors = None if n_vectors is None else np.zeros((n_vectors, DIM), dtype=np.float32)
+    with pytest.raises(ValueError, match="2 upserts"):
+        writer.apply(ChangeBatch(seq=1, changes=changes), vectors)
+    assert sink.count() == 0
+    assert writer.last_seq == 0  # the same batch can be retried
+    apply(writer, 1, changes)
+    assert stored_keys(sink, A) == {(1,), (2,)}
+
+
+# -- truncate ------------------------------------------------------------------------
+
+
+def test_truncate_removes_only_that_table(writer, sink):
+    apply(writer, 1, [up(A, k) for k in range(5)] + [up(B, k) for k in range(3)])
+    result = apply(writer, 2, [trunc(A)])
+    assert result.deletes == 5
+    assert stored_keys(sink, A) == set()
+    assert stored_keys(sink, B) == {(0,), (1,), (2,)}
+    assert sink.count() == 3
+
+
+def test_truncate_in_the_middle_of_a_batch(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 2), up(B, 1)])
+    # before the truncate: written then removed; after it: kept
+    apply(writer, 2, [up(A, 3), dele(B, 1), trunc(A), up(A, 4, "four"), up(B, 2)], seeds=[30, 40, 50])
+    assert stored_keys(sink, A) == {(4,)}
+    assert stored_keys(sink, B) == {(2,)}
+    points = stored(sink, with_vectors=True)
+    np.testing.assert_allclose(points[point_id(A, (4,))].vector, vec(40), atol=1e-6)
+    np.testing.assert_allclose(points[point_id(B, (2,))].vector, vec(50), atol=1e-6)
+
+
+def test_truncate_many_points_pages_through_scroll(writer, sink, monkeypatch):
+    monkeypatch.setattr("actors.sinks.qdrant._SCROLL_PAGE", 4)
+    n = 11  # several scroll pages
+    changes = [up(A, k) for k in range(n)] + [up(B, 0)]
+    writer.apply(ChangeBatch(seq=1, changes=changes), np.tile(vec(1), (n + 1, 1)))
+    assert sink.count() == n + 1
+    apply(writer, 2, [trunc(A)])
+    assert sink.count() == 1 and stored_keys(sink, B) == {(0,)}
+
+
+# -- backfill ------------------------------------------------------------------------
+
+
+def test_backfill_removes_stale_points_and_records_state(writer, sink):
+    # an earlier, interrupted run left these behind
+    apply(writer, 1, [up(A, 1), up(A, 2), up(A, 3), up(B, 1), up(B, 2), up(C, 1)])
+    sink.set_state(state_name("unit_slot"), {"backfill_complete": True, "tables": ["old"]})
+    writer.begin_backfill([B, A], "pub")
+    assert writer.backfill_state() is None
+    assert writer.last_seq == 0
+    # snapshot sees A1, A3 (A2 was deleted at the source meanwhile) and B2, plus a new A4
+    r1 = apply(writer, 1, [up(A, 1), up(A, 3)], phase="backfill")
+    assert r1.snapshot_complete is False
+    assert stored_keys(sink, A) == {(1,), (2,), (3,)}  # nothing removed before the snapshot completes
+    assert writer.backfill_state() is None
+    r2 = apply(writer, 2, [up(B, 2), up(A, 4)], phase="backfill", snapshot_complete=True)
+    assert r2.snapshot_complete is True
+    assert stored_keys(sink, A) == {(1,), (3,), (4,)}
+    assert stored_keys(sink, B) == {(2,)}
+    assert stored_keys(sink, C) == {(1,)}  # not part of the backfill: untouched
+    state = writer.backfill_state()
+    assert state is not None
+    assert state["backfill_complete"] is True
+    assert state["tables"] == sorted([A, B])
+    assert state["stale_removed"] == 2
+    assert isinstance(state["completed_at"], float)
+
+
+def test_backfill_on_empty_sink(writer, sink):
+    writer.begin_backfill([A], "pub")
+    apply(writer, 1, [up(A, 1)], phase="backfill", snapshot_complete=True)
+    assert stored_keys(sink, A) == {(1,)}
+    assert writer.backfill_state()["backfill_complete"] is True
+    assert writer.backfill_state()["stale_removed"] == 0
+
+
+def test_backfill_deleted_row_is_not_resurrected(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 2)])
+    writer.begin_backfill([A], "pub")
+    apply(writer, 1, [up(A, 1), dele(A, 2)], phase="backfill")
+    apply(writer, 2, [], phase="backfill", snapshot_complete=True)
+    assert stored_keys(sink, A) == {(1,)}
+    assert writer.backfill_state()["tables"] == [A]
+
+
+def test_second_snapshot_complete_does_not_delete_again(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 2)])
+    writer.begin_backfill([A], "pub")
+    apply(writer, 1, [up(A, 1)], snapshot_complete=True)
+    assert stored_keys(sink, A) == {(1,)}
+    apply(writer, 2, [up(A, 2)])  # re-inserted by the stream afterwards
+    apply(writer, 3, [], snapshot_complete=True)
+    assert stored_keys(sink, A) == {(1,), (2,)}
+
+
+def test_state_survives_reopen(tmp_path):
+    config = SinkConfig(path=str(tmp_path / "persist"), collection="unit")
+    sink = QdrantSink(config)
+    w = Writer(sink, "s1")
+    w.open(DIM)
+    w.begin_backfill([A], "pub")
+    apply(w, 1, [up(A, 1)], snapshot_complete=True)
+    sink.close()
+    sink = QdrantSink(config)
+    try:
+        w2 = Writer(sink, "s1")
+        w2.open(DIM)
+        assert w2.backfill_state()["backfill_complete"] is True
+        assert Writer(sink, "other").backfill_state() is None
+        assert stored_keys(sink, A) == {(1,)}
+    finally:
+        sink.close()
+
+
+# -- search and set-up ----------------------------------------------------------------
+
+
+def test_search_returns_cosine_scores_best_first(writer, sink):
+    rng = np.random.default_rng(7)
+    raw = rng.normal(size=(25, DIM)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(25, 1)).astype(np.float32)
+    changes = [up(A, k, f"t{k}", k=k) for k in range(25)]
+    writer.apply(ChangeBatch(seq=1, changes=changes), raw)
+    query = rng.normal(size=DIM).astype(np.float32) * 4
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    cosine = unit @ (query / np.linalg.norm(query))
+    expected = np.argsort(-cosine)[:10]
+
+    hits = sink.search(query, 10)
+    assert len(hits) == 10
+    assert [h.key[0] for h in hits] == [int(i) for i in expected]
+    np.testing.assert_allclose([h.score for h in hits], cosine[expected], atol=1e-5)
+    assert all(hits[i].score >= hits[i + 1].score for i in range(9))
+    assert all(h.table == A and h.payload == {"k": h.key[0]} for h in hits)
+    assert len(sink.search(query, 100)) == 25
+
+
+def test_search_exact_match_scores_one(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 2)], seeds=[1, 2])
+    hits = sink.search(vec(2) * 3, 1)
+    assert hits[0].key == [2]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ensure_ready_same_dimension_is_idempotent(writer, sink):
+    apply(writer, 1, [up(A, 1)])
+    sink.ensure_ready(DIM)
+    assert sink.count() == 1 and sink.dimension == DIM
+
+
+def test_ensure_ready_with_other_dimension_raises(sink):
+    with pytest.raises(SinkError) as info:
+        sink.ensure_ready(DIM * 2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "unit" in message  # the collection name
+    assert str(DIM) in message and str(DIM * 2) in message
+
+
+def test_state_documents(sink):
+    assert sink.get_state("x") is None
+    sink.set_state("x", {"a": 1, "b": [1, 2]})
+    sink.set_state("y", {"c": True})
+    assert sink.get_state("x") == {"a": 1, "b": [1, 2]}
+    sink.set_state("x", None)
+    assert sink.get_state("x") is None
+    assert sink.get_state("y") == {"c": True}
+    assert sink.count() == 0  # state records are not row points
+
+
+def test_update_payloads_keeps_vector(writer, sink):
+    from actors.sinks.base import VectorPoint
+
+    apply(writer, 1, [up(A, 1, "t", v=1)], seeds=[5])
+    pid = point_id(A, (1,))
+    sink.update_payloads([VectorPoint(pid, A, [1], np.zeros(DIM, dtype=np.float32), "t", text_hash("t"), {"v": 2})])
+    p = stored(sink, A, with_vectors=True)[pid]
+    assert p.payload == {"v": 2}
+    np.testing.assert_allclose(p.vector, vec(5), atol=1e-6)
