@@ -13,6 +13,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,12 +68,37 @@ class LocalPostgres:
     """Start/stop a throwaway PostgreSQL cluster in ``data_dir``."""
 
     def __init__(self, data_dir: str | Path, port: int | None = None, user: str = "postgres") -> None:
-        self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.user = user  # database superuser name
         self.bin = find_pg_bin()
         self.os_user = _run_as()
+        self.data_dir = self._reachable(Path(data_dir).resolve())
         self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def _reachable(self, wanted: Path) -> Path:
+        """``wanted``, or a stable stand-in under /tmp if the server user cannot reach it.
+
+        As root the server runs as an unprivileged user, which cannot enter a
+        0700 directory such as /root or a fresh temp dir.  Rather than loosen
+        the permissions of someone's home, the data goes to a directory named
+        after ``wanted`` (so a later run finds it again).
+        """
+        if not self.os_user:
+            return wanted
+        existing = wanted
+        while not existing.exists():
+            existing = existing.parent
+        # directories we create below `existing` are 0755, so it is the one to test
+        probe = subprocess.run(["runuser", "-u", self.os_user, "--", "test", "-x", str(existing)],
+                               check=False, capture_output=True)
+        if probe.returncode == 0:
+            return wanted
+        import hashlib
+
+        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
+        fallback = Path(tempfile.gettempdir()) / f"embedcluster-pg-{digest}" / wanted.name
+        log.info("%s is not reachable by user %s; keeping PostgreSQL data in %s", wanted, self.os_user, fallback)
+        return fallback
 
     def _cmd(self, *args: str) -> list[str]:
         if self.os_user:
@@ -90,11 +116,6 @@ class LocalPostgres:
             os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
             self.log_file.touch()
             os.chown(self.log_file, pw.pw_uid, pw.pw_gid)
-            # the server user must be able to reach its directory
-            for parent in self.data_dir.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
         os.chmod(self.data_dir, 0o700)
         subprocess.run(
             self._cmd(str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.user,

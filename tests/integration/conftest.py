@@ -27,6 +27,7 @@ def pg() -> Iterator[LocalPostgres]:
     finally:
         server.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture()

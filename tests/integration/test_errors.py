@@ -47,6 +47,7 @@ def replica_level_pg() -> Iterator[LocalPostgres]:
     finally:
         server.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 def _sink(tmp_path: Path) -> dict[str, str]:
