@@ -17,6 +17,7 @@ Ordering and acknowledgement rules (the heart of "no lost change"):
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import time
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import pq
 
-from actors.changes import Change, ChangeBatch, format_lsn, parse_lsn
+from actors.changes import Change, ChangeBatch, format_lsn, parse_lsn, point_id, text_hash
 from actors.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 #: wal_sender_timeout is 60 s; stay well inside it)
 STATUS_INTERVAL_S = 5.0
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+#: keys whose last emitted text hash is remembered (lets payload-only updates skip the model)
+TEXT_HASH_CACHE_ENTRIES = 100_000
 
 
 def _now_pg_us() -> int:
@@ -75,6 +78,11 @@ class PgChangeSource:
         self._received_lsn = 0
         self._acked_lsn = 0
         self._last_status = 0.0
+        # point id -> hash of the text this reader emitted last for it.  Batches
+        # are applied in emission order, so once earlier batches are written the
+        # sink holds exactly that text.  Cleared on every (re)start, because
+        # after a restart the emitted-but-unwritten batches are gone.
+        self._emitted: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -98,6 +106,7 @@ class PgChangeSource:
         streaming from the existing slot's confirmed position.
         """
         dsn, masked = self.source.dsn_value, self.source.dsn_masked
+        self._emitted.clear()
         with connect(dsn, masked, autocommit=True) as conn:
             ensure_publication(conn, self.source.publication, list(self.specs))
         self._side = connect(dsn, masked, autocommit=True)
@@ -184,7 +193,9 @@ class PgChangeSource:
                         col: spec.convert(col, raw[nkeys + i]) for i, col in enumerate(spec.needed_columns)
                     }
                     text, payload = spec.render(row)
-                    changes.append(Change("upsert", spec.name, spec.key_of(row), text, payload, 0))
+                    key = spec.key_of(row)
+                    self._remember(point_id(spec.name, key), text)
+                    changes.append(Change("upsert", spec.name, key, text, payload, 0))
                 last = tuple(rows[-1][:nkeys])
                 total += len(rows)
                 yield changes
@@ -272,6 +283,7 @@ class PgChangeSource:
             for rel in event.relations:
                 if rel.qualified_name in self.specs:
                     out.append(Change("truncate", rel.qualified_name, (), lsn=self._txn_commit_lsn))
+                    self._emitted.clear()
 
     def _row_change(self, event: RowChange, out: list[Change]) -> None:
         spec = self.specs.get(event.relation.qualified_name)
@@ -280,7 +292,9 @@ class PgChangeSource:
         lsn = self._txn_commit_lsn
         if event.kind == "D":
             assert event.old is not None
-            out.append(Change("delete", spec.name, spec.key_of(event.old), lsn=lsn))
+            old_key = spec.key_of(event.old)
+            self._emitted.pop(point_id(spec.name, old_key), None)
+            out.append(Change("delete", spec.name, old_key, lsn=lsn))
             return
         row = event.new or {}
         if any(row.get(c) is UNCHANGED_TOAST for c in spec.needed_columns):
@@ -289,9 +303,21 @@ class PgChangeSource:
         if event.kind == "U" and event.old is not None:
             old_key = spec.key_of(event.old)
             if old_key != key and all(v is not None for v in old_key):
+                self._emitted.pop(point_id(spec.name, old_key), None)
                 out.append(Change("delete", spec.name, old_key, lsn=lsn))  # primary key changed
         text, payload = spec.render(row)
-        out.append(Change("upsert", spec.name, key, text, payload, lsn))
+        unchanged = self._remember(point_id(spec.name, key), text) and event.kind == "U"
+        out.append(Change("upsert", spec.name, key, text, payload, lsn, text_unchanged=unchanged))
+
+    def _remember(self, pid: str, text: str) -> bool:
+        """Record the text emitted for ``pid``; True if it equals the previous one."""
+        digest = text_hash(text)
+        same = self._emitted.get(pid) == digest
+        self._emitted[pid] = digest
+        self._emitted.move_to_end(pid)
+        if len(self._emitted) > TEXT_HASH_CACHE_ENTRIES:
+            self._emitted.popitem(last=False)
+        return same
 
     def _fill_unchanged(self, spec: TableSpec, rel: Relation, row: dict[str, Any]) -> dict[str, Any]:
         """Fetch TOASTed values the server did not resend (they did not change).

@@ -57,10 +57,13 @@ def parse_lsn(text: str | None) -> int | None:
 class Change:
     """One decoded row change.
 
-    ``op`` is ``"upsert"`` for inserts, updates and backfilled rows and
-    ``"delete"`` for deletes; ``"truncate"`` removes every row of ``table``.  ``key`` holds the primary-key values in key
-    column order.  ``text`` and ``payload`` are ``None`` for deletes.
-    ``lsn`` is the commit LSN of the source transaction (0 for backfill).
+    ``op`` is ``"upsert"`` for inserts, updates and backfilled rows,
+    ``"delete"`` for deletes, and ``"truncate"`` removes every row of
+    ``table``.  ``key`` holds the primary-key values in key column order.
+    ``text`` and ``payload`` are ``None`` for deletes.  ``lsn`` is the commit
+    LSN of the source transaction (0 for backfill).  ``text_unchanged`` marks
+    an update whose rendered text equals the text the reader emitted last for
+    that key: it needs no embedding, only a payload update.
     """
 
     op: Literal["upsert", "delete", "truncate"]
@@ -69,6 +72,7 @@ class Change:
     text: str | None = None
     payload: dict[str, Any] | None = None
     lsn: int = 0
+    text_unchanged: bool = False
 
     @property
     def point_id(self) -> str:
@@ -100,5 +104,5 @@ class ChangeBatch:
         return len(self.changes)
 
     def texts_to_embed(self) -> list[str]:
-        """Texts of the upserts, in batch order (what the embedder receives)."""
-        return [c.text or "" for c in self.changes if c.op == "upsert"]
+        """Texts of the upserts that need a vector, in batch order (what the embedder receives)."""
+        return [c.text or "" for c in self.changes if c.op == "upsert" and not c.text_unchanged]

@@ -49,6 +49,7 @@ class CdcReaderActor:
             "seq": batch.seq,
             "changes": len(batch.changes),
             "upserts": sum(1 for c in batch.changes if c.op == "upsert"),
+            "to_embed": sum(1 for c in batch.changes if c.op == "upsert" and not c.text_unchanged),
             "ack_lsn": batch.ack_lsn,
             "phase": batch.phase,
             "snapshot_complete": batch.snapshot_complete,

@@ -50,6 +50,7 @@ class Writer:
         self.upserts = 0
         self.deletes = 0
         self.last_commit_lsn = 0
+        self.payload_only_updates = 0
         # ids that were in the sink before a (re-)backfill and have not been
         # seen in the snapshot yet: deleted when the snapshot completes
         self._stale: dict[str, set[str]] | None = None
@@ -88,11 +89,13 @@ class Writer:
         started = time.perf_counter()
         if batch.seq <= self.last_seq:
             raise OrderingError(f"batch {batch.seq} after batch {self.last_seq} on slot {self.slot}")
-        upserts = [c for c in batch.changes if c.op == "upsert"]
-        if upserts and (vectors is None or len(vectors) != len(upserts)):
+        embedded = [c for c in batch.changes if c.op == "upsert" and not c.text_unchanged]
+        if embedded and (vectors is None or len(vectors) != len(embedded)):
             got = 0 if vectors is None else len(vectors)
-            raise ValueError(f"batch {batch.seq}: {len(upserts)} upserts but {got} vectors")
-        pending: dict[str, VectorPoint | None] = {}  # point id -> point, None = delete
+            raise ValueError(f"batch {batch.seq}: {len(embedded)} texts to embed but {got} vectors")
+        # point id -> ("upsert" | "payload", point) or None for a delete; the
+        # last change per key wins, so the three sets written below are disjoint
+        pending: dict[str, tuple[str, VectorPoint] | None] = {}
         n_up = n_del = 0
         vector_index = 0
         for change in batch.changes:
@@ -108,18 +111,23 @@ class Writer:
                 pending[pid] = None
                 n_del += 1
             else:
-                assert vectors is not None
                 text = change.text or ""
-                pending[pid] = VectorPoint(
-                    id=pid,
-                    table=change.table,
-                    key=list(change.key),
-                    vector=vectors[vector_index],
-                    text=text,
-                    text_hash=hash_text(text),
-                    payload=change.payload or {},
+                point = VectorPoint(
+                    id=pid, table=change.table, key=list(change.key), vector=None, text=text,
+                    text_hash=hash_text(text), payload=change.payload or {},
                 )
-                vector_index += 1
+                previous = pending.get(pid)
+                if not change.text_unchanged:
+                    assert vectors is not None
+                    point.vector = vectors[vector_index]
+                    vector_index += 1
+                    pending[pid] = ("upsert", point)
+                elif previous is not None and previous[0] == "upsert":
+                    # same text as an upsert earlier in this batch: keep its vector
+                    point.vector = previous[1].vector
+                    pending[pid] = ("upsert", point)
+                else:
+                    pending[pid] = ("payload", point)
                 n_up += 1
             if self._stale is not None and change.table in self._stale:
                 self._stale[change.table].discard(pid)
@@ -140,15 +148,19 @@ class Writer:
             )
         return ApplyResult(batch.seq, batch.ack_lsn, n_up, n_del, batch.snapshot_complete, seconds)
 
-    def _flush(self, pending: dict[str, VectorPoint | None]) -> None:
-        # Only the last change per key survives in `pending`, so the delete set
-        # and the upsert set are disjoint and their relative order is irrelevant.
+    def _flush(self, pending: dict[str, tuple[str, VectorPoint] | None]) -> None:
+        # Only the last change per key survives in `pending`, so the three sets
+        # are disjoint and their relative order is irrelevant.
         deletes = [pid for pid, p in pending.items() if p is None]
-        points = [p for p in pending.values() if p is not None]
+        points = [p[1] for p in pending.values() if p is not None and p[0] == "upsert"]
+        payload_only = [p[1] for p in pending.values() if p is not None and p[0] == "payload"]
         if deletes:
             self.sink.delete(deletes)
         if points:
             self.sink.upsert(points)
+        if payload_only:
+            self.sink.update_payloads(payload_only)
+            self.payload_only_updates += len(payload_only)
 
     def _complete_backfill(self) -> None:
         removed = 0
@@ -176,6 +188,7 @@ class Writer:
             "rows_applied": self.rows_applied,
             "upserts": self.upserts,
             "deletes": self.deletes,
+            "payload_only_updates": self.payload_only_updates,
             "last_batch": self.last_seq,
             "last_commit_lsn": format_lsn(self.last_commit_lsn or None),
         }

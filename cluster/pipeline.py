@@ -154,7 +154,7 @@ class PipelineCoordinator:
                 read_ref = None
                 if meta["changes"] or meta["snapshot_complete"]:
                     vectors_ref = None
-                    if meta["upserts"]:
+                    if meta["to_embed"]:
                         vectors_ref = self._embedder().embed_batch.remote(read_batch_ref)
                     queue.append(_Entry(meta, read_batch_ref, vectors_ref))
                 elif meta["ack_lsn"] and meta["ack_lsn"] > self.acked_lsn:

@@ -29,7 +29,7 @@ class VectorPoint:
     id: str
     table: str
     key: list[Any]
-    vector: np.ndarray
+    vector: np.ndarray | None  # None only for payload-only updates
     text: str
     text_hash: str
     payload: dict[str, Any]

@@ -80,6 +80,17 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
             10, "the deleted Snow Crash row to leave the index",
         )
 
+        # payload-only update: same text, so the model does not run again
+        embedded_before = app.stats()["embedding"]["texts"]
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute("UPDATE books SET year = 1896 WHERE name = 'The Time Machine'")
+        wait_for(
+            lambda: any(r["id"] == 1 and r["payload"]["year"] == 1896
+                        for r in app.search("travels through time", k=3)["results"]),
+            10, "the payload-only update to show",
+        )
+        assert app.stats()["embedding"]["texts"] == embedded_before
+
         # nothing listens beyond loopback: Ray, Serve, workers, and PostgreSQL
         assert non_loopback_listeners([app.cli.proc.pid, postmaster_pid(pg.data_dir)]) == []
 

@@ -161,6 +161,7 @@ def test_apply_counters_and_lsn(writer):
         "rows_applied": 3,
         "upserts": 2,
         "deletes": 1,
+        "payload_only_updates": 0,
         "last_batch": 2,
         "last_commit_lsn": "0/180",
     }
@@ -196,7 +197,7 @@ def test_seq_zero_is_rejected_on_fresh_writer(writer):
 def test_vector_count_mismatch_raises(writer, sink, n_vectors):
     changes = [up(A, 1), dele(A, 5), up(A, 2)]
     vectors = None if n_vectors is None else np.zeros((n_vectors, DIM), dtype=np.float32)
-    with pytest.raises(ValueError, match="2 upserts"):
+    with pytest.raises(ValueError, match="2 texts to embed"):
         writer.apply(ChangeBatch(seq=1, changes=changes), vectors)
     assert sink.count() == 0
     assert writer.last_seq == 0  # the same batch can be retried
@@ -375,3 +376,40 @@ def test_update_payloads_keeps_vector(writer, sink):
     p = stored(sink, A, with_vectors=True)[pid]
     assert p.payload == {"v": 2}
     np.testing.assert_allclose(p.vector, vec(5), atol=1e-6)
+
+
+# -- payload-only updates (text unchanged: no embedding) ------------------------------------
+
+
+def same_text(table: str, key, text: str, **payload) -> Change:
+    change = up(table, key, text, **payload)
+    change.text_unchanged = True
+    return change
+
+
+def test_unchanged_text_updates_payload_and_keeps_vector(writer, sink):
+    apply(writer, 1, [up(A, 1, "Dune", year=1965)], seeds=[5])
+    # no vectors at all: the model did not run for this batch
+    result = writer.apply(ChangeBatch(seq=2, changes=[same_text(A, 1, "Dune", year=1966)]), None)
+    assert result.upserts == 1 and writer.payload_only_updates == 1
+    point = stored(sink, A, with_vectors=True)[point_id(A, (1,))]
+    assert point.payload == {"year": 1966} and point.text == "Dune"
+    np.testing.assert_allclose(point.vector, vec(5), atol=1e-6)
+
+
+def test_unchanged_text_after_upsert_in_same_batch_keeps_that_vector(writer, sink):
+    changes = [up(A, 1, "Dune", year=1965), same_text(A, 1, "Dune", year=1966)]
+    writer.apply(ChangeBatch(seq=1, changes=changes), np.stack([vec(9)]))
+    point = stored(sink, A, with_vectors=True)[point_id(A, (1,))]
+    assert point.payload == {"year": 1966}
+    np.testing.assert_allclose(point.vector, vec(9), atol=1e-6)
+    assert writer.payload_only_updates == 0  # written as one full upsert
+
+
+def test_vectors_count_only_texts_that_need_embedding(writer):
+    apply(writer, 1, [up(A, 1, "Dune")])
+    changes = [same_text(A, 1, "Dune", year=1), up(A, 2, "Emma")]
+    with pytest.raises(ValueError, match="1 texts to embed but 2 vectors"):
+        writer.apply(ChangeBatch(seq=2, changes=changes), np.stack([vec(1), vec(2)]))
+    writer.apply(ChangeBatch(seq=2, changes=changes), np.stack([vec(2)]))
+    assert ChangeBatch(seq=3, changes=changes).texts_to_embed() == ["Emma"]
