@@ -243,7 +243,13 @@ class PgChangeSource:
             if nbytes == 0:
                 self._maybe_send_status()
                 if changes:
-                    break  # hand out what we have rather than wait
+                    # Under a backlog more data is already in the kernel buffer:
+                    # take it (no waiting) so batches grow; otherwise hand out
+                    # what we have rather than wait.
+                    if select.select([pgconn.socket], [], [], 0)[0]:
+                        pgconn.consume_input()
+                        continue
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

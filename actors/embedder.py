@@ -22,6 +22,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+#: a forward pass is cut before padding exceeds this share of its tokens
+MAX_PADDING_FRACTION = 0.2
 
 
 class EmbedderError(RuntimeError):
@@ -143,18 +145,30 @@ class Embedder:
         return out, truncated
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into forward passes: sorted by length, cut by token budget."""
+        """Indices grouped into forward passes: sorted by length, cut by token budget.
+
+        A batch is closed when it is full (``batch_size``), when its padded
+        size would pass ``max_batch_tokens``, or when the next (longer) text
+        would make padding more than ``MAX_PADDING_FRACTION`` of the padded
+        tokens: without that last rule a mixed-length batch is padded to its
+        longest text and most of the compute goes to padding.
+        """
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batches: list[list[int]] = []
         current: list[int] = []
+        real = 0
         for i in order:
-            # lengths ascend, so lengths[i] is the padded width if i joins
+            width = lengths[i]  # lengths ascend: the padded width if i joins
+            padded = (len(current) + 1) * width
             if current and (
-                len(current) >= self.batch_size or (len(current) + 1) * lengths[i] > self.max_batch_tokens
+                len(current) >= self.batch_size
+                or padded > self.max_batch_tokens
+                or padded - (real + width) > MAX_PADDING_FRACTION * padded
             ):
                 batches.append(current)
-                current = []
+                current, real = [], 0
             current.append(i)
+            real += width
         if current:
             batches.append(current)
         return batches

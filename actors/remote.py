@@ -132,6 +132,11 @@ class WriterActor:
         return self.writer.stats()
 
     @ray.method(concurrency_group="query")
+    def text_hashes(self, point_ids: list[str]) -> dict[str, str]:
+        """Stored content hash of each id present (what a freshness probe polls)."""
+        return self.writer.sink.text_hashes(point_ids)
+
+    @ray.method(concurrency_group="query")
     def count(self) -> int:
         return self.writer.sink.count()
 

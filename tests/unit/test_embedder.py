@@ -129,6 +129,7 @@ def test_output_order_matches_input_after_length_sorting(embedder, monkeypatch):
     texts = [long_text(n) for n in (12, 3, 30, 1, 20, 6, 8)] + ["z"]
     singles = np.stack([embedder.embed([t])[0] for t in texts])
     monkeypatch.setattr(embedder, "batch_size", 2)
+    monkeypatch.setattr("actors.embedder.MAX_PADDING_FRACTION", 1.0)  # cut by count only
     out, d = delta(embedder, lambda: embedder.embed(texts))
     assert d["forward_passes"] == 4  # 8 distinct texts, 2 per pass
     np.testing.assert_allclose(out, singles, atol=1e-5)
@@ -189,7 +190,16 @@ def test_plan_batches_cut_by_token_budget():
 
 
 def test_plan_batches_sorts_by_length():
-    assert bare(2, 1000).plan_batches([30, 10, 20, 5]) == [[3, 1], [2, 0]]
+    assert bare(2, 1000).plan_batches([30, 28, 29, 27]) == [[3, 1], [2, 0]]
+
+
+def test_plan_batches_cuts_before_padding_dominates():
+    # 5 and 10 in one pass would be 25 % padding (> 20 %): separate passes;
+    # 20 and 30 pad 17 %: together
+    assert bare(8, 1000).plan_batches([30, 10, 20, 5]) == [[3], [1], [2, 0]]
+    lengths = [8] * 10 + [200] * 3
+    batches = bare(64, 16384).plan_batches(lengths)
+    assert batches == [list(range(10)), [10, 11, 12]]
 
 
 def test_plan_batches_empty():
