@@ -229,5 +229,34 @@ def drop(config_path: str, yes: bool) -> None:
         fail(str(exc))
 
 
+_BENCH_MODULES = {
+    "embed": ("benchmarks.bench_embed", "embedding throughput: one-per-call vs sentence-transformers vs our actor pool"),
+    "pipeline": ("benchmarks.bench_pipeline", "end-to-end rows/s, efficiency and commit->searchable latency"),
+    "cdc": ("benchmarks.bench_cdc", "changes/s the CDC reader decodes from a real slot (no model, no sink)"),
+    "writer": ("benchmarks.bench_writer", "upsert rows/s into a private MariaDB for batch sizes 64..1024"),
+    "sizing": ("benchmarks.sizing", "actors/GPUs needed for a target rows/s, and backfill time"),
+}
+
+
+@main.group()
+def bench() -> None:
+    """Benchmark suites (JSON + PNG under benchmarks/results/, a table on stdout)."""
+
+
+def _bench_command(name: str, module: str, summary: str) -> None:
+    @bench.command(name=name, help=f"{summary}. Options: embedcluster bench {name} --help",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+    @click.pass_context
+    def command(ctx: click.Context) -> None:
+        import importlib
+
+        mod = importlib.import_module(module)
+        sys.exit(mod.main(list(ctx.args)))
+
+
+for _name, (_module, _summary) in _BENCH_MODULES.items():
+    _bench_command(_name, _module, _summary)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
