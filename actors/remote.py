@@ -66,9 +66,14 @@ class CdcReaderActor:
         self.source.close()
 
 
-@ray.remote
+@ray.remote(max_concurrency=2)
 class EmbeddingActor:
-    """Loads the model once; embeds the upsert texts of change batches."""
+    """Loads the model once; embeds the upsert texts of change batches.
+
+    Two calls may run at once: while one batch is in the model (under the
+    embedder's model lock) the next is tokenized and padded, so the model
+    never waits for the tokenizer.
+    """
 
     def __init__(self, config: EmbeddingConfig, threads: int, log_level: str = "INFO") -> None:
         setup_logging(log_level)
