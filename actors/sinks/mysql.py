@@ -54,16 +54,22 @@ acknowledged once committed, so nothing is lost.  No DDL is allowed on a table
 with a vector index, so schema changes drop the index first and the next
 maintenance pass recreates it.
 
-Size limit of the ``portable`` dialect -- be honest about it: every search
+Size limit of the ``portable`` dialect: every search
 reads *every* vector of the table (or of the filtered source table) from the
 server and scores it in this process.  The cost is linear: bytes moved per
 query = rows x 4 x dimension (384-d: 1.5 KiB/row, so 100k rows = 150 MiB per
 query), and the time is dominated by the client-side decoding of the result
-set, on the order of a second per 100k 384-d rows on one core.  Use it for up
-to roughly 100k rows, for development, or where searches are rare; beyond that
-use a server with vector support (Cloud SQL, MariaDB >= 11.7) or Qdrant.
-Writes are not affected by the table size.  ``benchmarks/bench_writer.py``
-reports both write throughput and a measured portable search time.
+set.  Measured with ``benchmarks/bench_writer.py`` (2-core AMD EPYC VM,
+MariaDB 10.11 on the same host): 50-105k rows/s scanned at 384-d depending on
+the machine's load, i.e. 0.4-0.9 s for a 43k-row table and 1-2 s per 100k
+rows, per query; concurrent searches on one sink queue behind each other (one
+connection).  Use it for up to a few tens of thousands of rows, for
+development, or where searches are rare; beyond that use a server with vector
+support (Cloud SQL, MariaDB >= 11.7) or Qdrant.  Writes do not scan: about
+13-16k rows/s in the same benchmark (384-d, durable commit per batch of
+64-1024).  As with any InnoDB table keyed by random UUIDs, inserts slow down
+once the table outgrows the buffer pool (to ~5-6k rows/s with the stock
+128 MiB pool in that benchmark).
 
 Durability: ``upsert``/``delete``/``set_state`` commit before they return
 (InnoDB with the default ``innodb_flush_log_at_trx_commit=1`` flushes the redo
@@ -326,7 +332,9 @@ def _json_safe(value: Any) -> Any:
 def dump_json(value: Any) -> str:
     """Canonical JSON text for JSON columns (sorted keys, non-JSON values as strings)."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False
+        )
     except ValueError:
         return json.dumps(_json_safe(value), separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str)
 
@@ -513,7 +521,10 @@ class SqlDialect:
         return f"SELECT `value` FROM {self.q_state} WHERE `name` = %s"
 
     def state_set_sql(self) -> str:
-        return f"INSERT INTO {self.q_state} (`name`, `value`) VALUES (%s, %s) ON DUPLICATE KEY UPDATE `value` = VALUES(`value`)"
+        return (
+            f"INSERT INTO {self.q_state} (`name`, `value`) VALUES (%s, %s) "
+            "ON DUPLICATE KEY UPDATE `value` = VALUES(`value`)"
+        )
 
     def state_delete_sql(self) -> str:
         return f"DELETE FROM {self.q_state} WHERE `name` = %s"
@@ -535,6 +546,10 @@ class SqlDialect:
     def reads_column(self, kind: str | None) -> bool:
         """Whether this dialect can read a vector column of the given kind (see classify_vector_column)."""
         return kind == "binary"
+
+    def tolerates_column(self, kind: str | None) -> bool:
+        """A column this dialect probably reads although the tag it expects was not seen."""
+        return False
 
 
 class PortableSQL(SqlDialect):
@@ -689,6 +704,12 @@ class CloudSQLSQL(SqlDialect):
 
     def reads_column(self, kind: str | None) -> bool:
         return kind == "cloudsql" or (self.mysql_major >= 9 and kind == "vector")
+
+    def tolerates_column(self, kind: str | None) -> bool:
+        # Cloud SQL's vector COMMENT/CONSTRAINT text is not specified in its docs;
+        # a plain VARBINARY(4N) is accepted (with a warning) rather than refusing
+        # a genuine Cloud SQL table whose tag looks different than expected.
+        return kind == "binary"
 
 
 class CloudSQLPreviewSQL(CloudSQLSQL):
@@ -864,6 +885,13 @@ _TRANSIENT = {1205, 1213, 1036, 1290, 1792, 1836}
 T = TypeVar("T")
 
 
+def _as_str(value: Any) -> str:
+    """information_schema values arrive as bytes on some server versions."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
 def _error_code(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], int):
@@ -910,7 +938,8 @@ class MySQLSink(VectorSink):
     Keyword-only knobs (defaults suit production; tests shrink them):
     ``retry_deadline_s`` bounds the exponential backoff on transient errors,
     ``scan_chunk_rows`` is the page size of streamed reads, ``lock_wait_timeout_s``
-    sets the session's ``innodb_lock_wait_timeout``.
+    sets the session's ``innodb_lock_wait_timeout``, ``max_statement_bytes`` caps
+    one multi-row INSERT (else half of the server's ``max_allowed_packet``).
     """
 
     shared = True
@@ -923,28 +952,36 @@ class MySQLSink(VectorSink):
         scan_chunk_rows: int = 4096,
         lock_wait_timeout_s: int | None = None,
         connect_timeout_s: int = 10,
+        max_statement_bytes: int | None = None,
     ) -> None:
         self._config = config
         password = config.password.get_secret_value() if config.password is not None else None
         self._dsn = parse_dsn(config.dsn, password)
         self._where = f"{config.dsn_masked}" if config.dsn else self._dsn.where
         self._retry_deadline_s = float(retry_deadline_s)
+        # A search caller (an HTTP request) should not wait as long as a write may.
+        self._search_deadline_s = min(30.0, self._retry_deadline_s)
         self._scan_chunk_rows = max(1, int(scan_chunk_rows))
         self._lock_wait_timeout_s = lock_wait_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._lock = threading.RLock()
         self._conn: pymysql.connections.Connection | None = None
+        self._statement_cap = max_statement_bytes
         self._max_statement_bytes = 4 << 20
         self._connect()
         self.server = self._read_server_info()
         if config.dialect == "auto":
             choice = detect_dialect(self.server)
             dialect = choice.dialect
-            _log_once((self._where, dialect), "MySQL sink %s: using dialect %r (%s)", self._where, dialect, choice.reason)
+            _log_once(
+                (self._where, dialect), "MySQL sink %s: using dialect %r (%s)", self._where, dialect, choice.reason
+            )
         else:
             dialect = config.dialect  # type: ignore[assignment]
             check_dialect_supported(dialect, self.server)
-            _log_once((self._where, dialect), "MySQL sink %s: using dialect %r (set in sink.dialect)", self._where, dialect)
+            _log_once(
+                (self._where, dialect), "MySQL sink %s: using dialect %r (set in sink.dialect)", self._where, dialect
+            )
         self.dialect: Dialect = dialect
         self.sql = make_dialect(dialect, config.table, self._dsn.database, mysql_major=self.server.version_tuple[0])
         quote_ident(f"{config.table}_state")  # validate derived names up front
@@ -995,7 +1032,7 @@ class MySQLSink(VectorSink):
             conn.close()
             raise
         # Stay well below max_allowed_packet: escaping and the statement text add overhead.
-        self._max_statement_bytes = max(64 << 10, min(packet // 2, 16 << 20))
+        self._max_statement_bytes = max(64 << 10, min(packet // 2, 16 << 20, self._statement_cap or (16 << 20)))
         self._conn = conn
 
     def _connect_error(self, exc: BaseException) -> SinkError:
@@ -1008,9 +1045,11 @@ class MySQLSink(VectorSink):
                 "password in EMBEDCLUSTER_SINK_PASSWORD"
             )
         if code == 1044:
+            # MySQL answers 1044 (not 1049) for a missing database the user has no rights on.
             return SinkError(
-                f"MySQL sink user {d.user!r} may not use database {d.database!r} ({text}): "
-                f"GRANT ALL ON `{d.database}`.* TO the user, or fix sink.dsn"
+                f"MySQL sink user {d.user!r} may not use database {d.database!r} on {d.where} ({text}): "
+                f"create the database if it does not exist and GRANT ALL ON `{d.database}`.* TO the user, "
+                "or fix sink.dsn"
             )
         if code == 1049:
             return SinkError(
@@ -1033,7 +1072,9 @@ class MySQLSink(VectorSink):
                 f"(e.g. GRANT ALL ON `{self._dsn.database}`.* TO the user)"
             )
         if code == 1146:
-            return SinkError(f"MySQL sink table is missing while {what} ({text}): run the pipeline so ensure_ready creates it")
+            return SinkError(
+                f"MySQL sink table is missing while {what} ({text}): run the pipeline so ensure_ready creates it"
+            )
         if code in (1045, 1049, 2003, 2005):
             return self._connect_error(exc)
         return SinkError(f"MySQL sink error while {what}: error {code}: {text}")
@@ -1046,8 +1087,12 @@ class MySQLSink(VectorSink):
                 pass
             self._conn = None
 
-    def _run(self, what: str, fn: Callable[[Any], T]) -> T:
+    def _run(self, what: str, fn: Callable[[Any], T], autocommit: bool = False, deadline_s: float | None = None) -> T:
         """Run ``fn(cursor)`` as one transaction, committed before returning.
+
+        ``autocommit`` runs it outside a transaction instead (vector index DDL and
+        the Cloud SQL index procedures must not run inside one).  ``deadline_s``
+        overrides ``retry_deadline_s`` (searches give up sooner than writes).
 
         Transient failures (lost connection, lock timeouts, deadlocks, Cloud SQL
         tables made read-only by an index build) roll back and retry the whole
@@ -1055,7 +1100,8 @@ class MySQLSink(VectorSink):
         :class:`SinkError` is raised.  Either way nothing is half-written: the
         caller acknowledges only after a successful return.
         """
-        deadline = time.monotonic() + self._retry_deadline_s
+        budget = self._retry_deadline_s if deadline_s is None else deadline_s
+        deadline = time.monotonic() + budget
         delay = 0.05
         attempt = 0
         with self._lock:
@@ -1066,9 +1112,15 @@ class MySQLSink(VectorSink):
                         # Raw driver errors here, so an unreachable server is retried too.
                         self._open_connection()
                     assert self._conn is not None
-                    with self._conn.cursor() as cur:
-                        result = fn(cur)
-                    self._conn.commit()
+                    if autocommit:
+                        self._conn.autocommit(True)
+                    try:
+                        with self._conn.cursor() as cur:
+                            result = fn(cur)
+                        self._conn.commit()
+                    finally:
+                        if autocommit and self._conn is not None and self._conn.open:
+                            self._conn.autocommit(False)
                     return result
                 except SinkError:
                     self._rollback()
@@ -1080,7 +1132,7 @@ class MySQLSink(VectorSink):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise SinkError(
-                            f"MySQL sink gave up {what} after {attempt} attempts in {self._retry_deadline_s:.0f}s: "
+                            f"MySQL sink gave up {what} after {attempt} attempts in {budget:.0f}s: "
                             f"error {_error_code(exc)}: {_error_text(exc)}; nothing was acknowledged, so the "
                             "pipeline will retry once the server is writable again"
                         ) from None
@@ -1126,23 +1178,22 @@ class MySQLSink(VectorSink):
     def _inspect_vector_column(self, cur: Any) -> tuple[dict[str, str], str | None, int | None, str]:
         sql, params = self.sql.columns_sql()
         cur.execute(sql, params)
-        columns = {str(r[0]): r for r in cur.fetchall()}
-        types = {name: str(r[2]) for name, r in columns.items()}
+        columns = {_as_str(r[0]): (_as_str(r[1]), _as_str(r[2]), r[3], _as_str(r[4])) for r in cur.fetchall()}
+        types = {name: r[1] for name, r in columns.items()}
         if VECTOR_COLUMN not in columns:
             return types, None, None, ""
-        _, data_type, column_type, octet, comment = columns[VECTOR_COLUMN]
+        data_type, column_type, octet, comment = columns[VECTOR_COLUMN]
         checks = ""
-        if str(data_type).lower() == "varbinary" and not self.server.is_mariadb:
+        if data_type.lower() == "varbinary" and not self.server.is_mariadb:
             try:
                 sql, params = self.sql.check_constraints_sql()
                 cur.execute(sql, params)
-                checks = " ".join(f"{r[0]} {r[1]}" for r in cur.fetchall())
+                checks = " ".join(f"{_as_str(r[0])} {_as_str(r[1])}" for r in cur.fetchall())
             except pymysql.err.MySQLError:
                 checks = ""  # MySQL 5.7 has no CHECK_CONSTRAINTS view
-        kind, dim = classify_vector_column(
-            str(data_type), str(column_type), int(octet) if octet is not None else None, str(comment or ""), checks
-        )
-        return types, kind, dim, str(column_type)
+        octets = int(octet) if octet is not None else None
+        kind, dim = classify_vector_column(data_type, column_type, octets, comment, checks)
+        return types, kind, dim, column_type
 
     def ensure_ready(self, dimension: int) -> None:
         """Create the vector and state tables if missing; check an existing table's vector column.
@@ -1151,7 +1202,10 @@ class MySQLSink(VectorSink):
         dialect cannot read, or a table that is not an embedcluster table.
         """
         if not isinstance(dimension, (int, np.integer)) or not 1 <= int(dimension) <= MAX_DIMENSION:
-            raise SinkError(f"vector dimension {dimension!r} is outside 1..{MAX_DIMENSION:,} (Cloud SQL's limit, applied to every dialect)")
+            raise SinkError(
+                f"vector dimension {dimension!r} is outside 1..{MAX_DIMENSION:,} "
+                "(Cloud SQL's limit, applied to every dialect)"
+            )
         dimension = int(dimension)
         qualified = f"`{self._dsn.database}`.{self.sql.q_table}"
 
@@ -1172,12 +1226,7 @@ class MySQLSink(VectorSink):
                 f"{', '.join(missing)}): choose another sink.table or drop that table"
             )
         if existed and not self.sql.reads_column(kind):
-            writer = _KIND_DIALECT.get(kind or "")
-            hint = f"set sink.dialect = '{writer}'" if writer else "it was not written by embedcluster"
-            raise SinkError(
-                f"vector column {qualified}.`{VECTOR_COLUMN}` has type {column_type}, which sink.dialect = "
-                f"'{self.dialect}' cannot read ({hint}): choose another sink.table or drop that table"
-            )
+            self._unreadable_column(kind, column_type, qualified)
         # A Cloud SQL column's dimension is inferred (COMMENT / VARBINARY length),
         # so it is only held against the model for tables that existed before.
         if dim is not None and dim != dimension and (existed or kind in ("binary", "vector")):
@@ -1190,30 +1239,58 @@ class MySQLSink(VectorSink):
             self._schema_change([self.sql.add_content_hash_column_sql()], "adding column content_hash")
         if self.sql.has_ann and not self.sql.size_managed_index and not self._index_present():
             # MariaDB: the table normally carries its index from CREATE TABLE; add it if not.
-            self._execute_statements(self.sql.create_index_sql(), f"creating vector index {self.sql.index_name}")
+            self._execute_statements(
+                self.sql.create_index_sql(), f"creating vector index {self.sql.index_name}", autocommit=True
+            )
         if self.sql.size_managed_index:
             self.maintain_index()
+
+    def _unreadable_column(self, kind: str | None, column_type: str, qualified: str) -> None:
+        """Raise for a vector column this dialect cannot read (only warn if it probably can)."""
+        if self.sql.tolerates_column(kind):
+            _log_once(
+                (qualified, "tolerated-column"),
+                "MySQL sink: %s.`%s` is %s without a visible Cloud SQL vector tag; assuming it is a Cloud SQL "
+                "vector column (if the portable dialect wrote it, set sink.dialect = 'portable')",
+                qualified, VECTOR_COLUMN, column_type,
+            )
+            return
+        writer = _KIND_DIALECT.get(kind or "")
+        hint = f"set sink.dialect = '{writer}'" if writer else "it was not written by embedcluster"
+        raise SinkError(
+            f"vector column {qualified}.`{VECTOR_COLUMN}` has type {column_type}, which sink.dialect = "
+            f"'{self.dialect}' cannot read ({hint}): choose another sink.table or drop that table"
+        )
+
+    def _table_ready(self) -> bool:
+        """Whether the vector table exists (reads of a missing table return nothing)."""
+        if self._dimension is not None:
+            return True
+        return self._run("looking for the table", lambda cur: self._table_exists(cur, self.sql.table))
 
     def _require_dimension(self) -> int:
         if self._dimension is not None:
             return self._dimension
 
-        def inspect(cur: Any) -> tuple[bool, str | None, int | None]:
+        def inspect(cur: Any) -> tuple[bool, str | None, int | None, str]:
             if not self._table_exists(cur, self.sql.table):
-                return False, None, None
-            _, kind, dim, _ = self._inspect_vector_column(cur)
-            return True, kind, dim
+                return False, None, None, ""
+            _, kind, dim, column_type = self._inspect_vector_column(cur)
+            return True, kind, dim, column_type
 
-        exists, kind, dim = self._run("reading the table definition", inspect)
-        if not exists or dim is None:
+        exists, kind, dim, column_type = self._run("reading the table definition", inspect)
+        qualified = f"`{self._dsn.database}`.{self.sql.q_table}"
+        if not exists:
             raise SinkError(
-                f"MySQL sink table `{self._dsn.database}`.{self.sql.q_table} does not exist yet: "
+                f"MySQL sink table {qualified} does not exist yet: "
                 "call ensure_ready(dimension) first (the writer does this on start)"
             )
         if not self.sql.reads_column(kind):
+            self._unreadable_column(kind, column_type, qualified)
+        if dim is None:
             raise SinkError(
-                f"vector column of `{self._dsn.database}`.{self.sql.q_table} cannot be read by sink.dialect = "
-                f"'{self.dialect}': set sink.dialect = '{_KIND_DIALECT.get(kind or '', 'auto')}'"
+                f"cannot tell the vector dimension of {qualified}.`{VECTOR_COLUMN}` ({column_type}): "
+                "call ensure_ready(dimension) first"
             )
         self._dimension = dim
         return dim
@@ -1223,10 +1300,10 @@ class MySQLSink(VectorSink):
         had_index = self.sql.size_managed_index and self._index_present()
         if had_index:
             log.info("MySQL sink: dropping vector index %s for a schema change (%s)", self.sql.index_name, what)
-            self._execute_statements(self.sql.drop_index_sql(), f"dropping vector index for {what}")
+            self._execute_statements(self.sql.drop_index_sql(), f"dropping vector index for {what}", autocommit=True)
             self._index_exists = False
             self._write_index_state(None)
-        self._execute_statements([(s, ()) for s in statements], what)
+        self._execute_statements([(s, ()) for s in statements], what, autocommit=True)
         if had_index:
             self.maintain_index()
 
@@ -1235,14 +1312,14 @@ class MySQLSink(VectorSink):
             cur.execute(sql, params)
             return list(cur.fetchall())
 
-        return self._run(what, run)
+        return self._run(what, run, deadline_s=self._search_deadline_s)
 
-    def _execute_statements(self, statements: list[Statement], what: str) -> None:
+    def _execute_statements(self, statements: list[Statement], what: str, autocommit: bool = False) -> None:
         def run(cur: Any) -> None:
             for sql, params in statements:
                 cur.execute(sql, params or None)
 
-        self._run(what, run)
+        self._run(what, run, autocommit=autocommit)
 
     # ------------------------------------------------------------------ vector index
     def _index_present(self) -> bool:
@@ -1308,14 +1385,17 @@ class MySQLSink(VectorSink):
         if plan.action == "record":
             self._write_index_state({"index_type": plan.index_type, "rows_at_build": rows, "adopted": True})
             return plan
-        statements = self.sql.create_index_sql(plan.index_type) if plan.action == "create" else self.sql.rebuild_index_sql(plan.index_type)
+        if plan.action == "create":
+            statements = self.sql.create_index_sql(plan.index_type)
+        else:
+            statements = self.sql.rebuild_index_sql(plan.index_type)
         log.info(
             "MySQL sink: %s vector index %s (%s, %s); the table is read-only until it finishes",
             "creating" if plan.action == "create" else "rebuilding", self.sql.index_name, plan.index_type, plan.reason,
         )
         started = time.monotonic()
         try:
-            self._execute_statements(statements, f"{plan.action} vector index {self.sql.index_name}")
+            self._execute_statements(statements, f"{plan.action} vector index {self.sql.index_name}", autocommit=True)
         except SinkError as exc:
             log.warning("MySQL sink: vector index %s failed, searches stay exact: %s", plan.action, exc)
             self._index_exists = None
@@ -1434,6 +1514,9 @@ class MySQLSink(VectorSink):
     def count(self) -> int:
         """Number of stored row points (the state table is separate)."""
 
+        if not self._table_ready():
+            return 0  # nothing written yet
+
         def run(cur: Any) -> int:
             cur.execute(self.sql.count_sql())
             return int(cur.fetchone()[0])
@@ -1443,7 +1526,7 @@ class MySQLSink(VectorSink):
     def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
         """Stored text hash of each existing id among ``point_ids``."""
         ids = list(dict.fromkeys(point_ids))
-        if not ids:
+        if not ids or not self._table_ready():
             return {}
 
         def run(cur: Any) -> dict[str, str]:
@@ -1458,6 +1541,8 @@ class MySQLSink(VectorSink):
 
     def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
         """Every stored point (of one source table if given), paged by primary key."""
+        if not self._table_ready():
+            return
         if with_vectors:
             self._require_dimension()
         sql = self.sql.iter_sql(with_vectors, table is not None)
@@ -1492,6 +1577,8 @@ class MySQLSink(VectorSink):
         score is always the exact cosine similarity, recomputed here from the
         returned vectors (ANN distances may be quantised).
         """
+        if not self._table_ready():
+            return []  # e.g. a search replica started before the writer created the table
         dimension = self._require_dimension()
         q = self._check_vector(vector, dimension, "query vector")
         if k <= 0:
@@ -1542,12 +1629,14 @@ class MySQLSink(VectorSink):
                 cur.execute(sql, params)
                 return list(cur.fetchall())
 
-            rows = self._run("searching (exact scan)", page)
+            rows = self._run("searching (exact scan)", page, deadline_s=self._search_deadline_s)
             if rows:
                 blob = b"".join(bytes(r[1]) for r in rows)
                 if len(blob) != len(rows) * 4 * dimension:
                     bad = next(str(r[0]) for r in rows if len(r[1]) != 4 * dimension)
-                    raise SinkError(f"stored vector of point {bad} does not have {dimension} float32 values: the table is corrupt")
+                    raise SinkError(
+                        f"stored vector of point {bad} does not have {dimension} float32 values: the table is corrupt"
+                    )
                 mat = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension)
                 scores = _cosine_rows(mat, q, qn)
                 ids = [str(r[0]) for r in rows]
@@ -1575,7 +1664,7 @@ class MySQLSink(VectorSink):
             cur.execute(self.sql.hits_sql(len(ids)), ids)
             return {str(r[0]): r for r in cur.fetchall()}
 
-        stored = self._run("reading search hits", fetch)
+        stored = self._run("reading search hits", fetch, deadline_s=self._search_deadline_s)
         hits = []
         for score, pid in exact:
             r = stored.get(pid)

@@ -8,7 +8,7 @@ import psycopg
 
 from actors.changes import point_id
 from actors.sinks.base import open_sink
-from cluster.config import SinkConfig
+from cluster.config import config_from_dict
 from tests.support.harness import wait_for
 
 
@@ -20,7 +20,8 @@ def table_rows(dsn: str) -> dict[int, dict[str, Any]]:
 
 def sink_points(sink_settings: dict[str, Any]) -> dict[str, Any]:
     """Every stored point by id (waits until a stopped pipeline has released the store)."""
-    config = SinkConfig.model_validate(sink_settings)
+    # through the config loader, so secrets come from the environment as in `run`
+    config = config_from_dict({"source": {"dsn": "unused"}, "tables": [{"name": "books"}], "sink": sink_settings}).sink
     sink = wait_for(lambda: open_sink(config), 60, "the sink to be released by the stopped pipeline", interval=0.5)
     try:
         return {p.id: p for p in sink.iter_points(with_vectors=True)}

@@ -46,9 +46,24 @@ def books(dsn: str) -> str:
     return dsn
 
 
-@pytest.fixture(params=["qdrant"])
-def sink_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    """Sink section for the config, one per sink kind."""
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[Any]:
+    from tests.support.mariadb import MariaDBServer
+
+    server = MariaDBServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["qdrant", "mysql"])
+def sink_settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Sink section for the config, one per sink kind (the same scenarios run on both)."""
     if request.param == "qdrant":
         return {"kind": "qdrant", "collection": "books", "path": str(tmp_path / "qdrant")}
-    raise AssertionError(request.param)
+    server = request.getfixturevalue("mariadb")
+    # the password travels the way users pass it: an environment variable
+    monkeypatch.setenv("EMBEDCLUSTER_SINK_PASSWORD", server.password)
+    return {"kind": "mysql", "dsn": server.dsn(), "table": f"books_{next(_counter)}", "dialect": "auto"}
