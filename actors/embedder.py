@@ -45,6 +45,21 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def model_dimension(model: str) -> int:
+    """Vector size of ``model`` from its config alone (no weights loaded): for start-up checks."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model))
+    except (OSError, ValueError) as exc:
+        raise EmbedderError(
+            f"cannot load model {model!r} (embedding.model): {str(exc).splitlines()[0]}; "
+            "use 'default', a local model directory, or a Hugging Face id available offline"
+        ) from None
+    return int(config.hidden_size)
+
+
 @dataclass(slots=True)
 class Prepared:
     """A tokenized, planned and padded batch, ready for the model."""

@@ -52,6 +52,22 @@ def main(ctx: click.Context, log_level: str) -> None:
     setup_logging(log_level)
 
 
+def preflight_sink(config: Config) -> None:
+    """Model dimension and sink checked before Ray starts: bad input fails in one clean line."""
+    from actors.embedder import EmbedderError, model_dimension
+    from actors.sinks.base import SinkError, open_sink
+
+    try:
+        dimension = model_dimension(config.embedding.model)
+        sink = open_sink(config.sink)  # connects: bad URL, credentials or a locked store fail here
+        try:
+            sink.ensure_ready(dimension)  # creates the collection/table, or rejects a wrong dimension
+        finally:
+            sink.close()
+    except (EmbedderError, SinkError) as exc:
+        fail(str(exc))
+
+
 def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
     """Validate the source, start everything, serve until SIGINT/SIGTERM, stop cleanly."""
     from actors.source_schema import SourceError, inspect_source
@@ -60,8 +76,7 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         specs = inspect_source(config.source, config.tables)
     except SourceError as exc:
         fail(str(exc))
-    if config.sink.kind == "qdrant" and not config.sink.url:
-        Path(config.sink.path).mkdir(parents=True, exist_ok=True)
+    preflight_sink(config)
 
     from cluster import runtime
 

@@ -103,3 +103,26 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cfg.write_text('[source]\ndsn = "postgresql://x@127.0.0.1/db"\n[[tables]]\nname = "books"\n[embedding]\nactor = 2\n')
     assert_one_line_error(run_cli(cfg), "embedding.actor")
     assert_one_line_error(run_cli(tmp_path / "missing.toml"), "not found")
+
+
+def test_sink_wrong_dimension(books: str, tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection("embedcluster", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
+    client.close()
+    cfg = write_config(tmp_path / "c.toml", books, free_port(), _sink(tmp_path))
+    assert_one_line_error(run_cli(cfg), "embedcluster", "8-dimensional", "384")
+
+
+def test_mysql_sink_bad_credentials(books: str, mariadb, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = write_config(tmp_path / "c.toml", books, free_port(),
+                       {"kind": "mysql", "dsn": mariadb.dsn(), "table": "vectors_bad_password"})
+    result = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "run", "--config", str(cfg)],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+        env={**__import__("os").environ, "EMBEDCLUSTER_SINK_PASSWORD": "not-the-password"},
+    )
+    line = assert_one_line_error(result, "rejected user 'embedcluster'", "EMBEDCLUSTER_SINK_PASSWORD")
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert "password" in line.lower() or "access denied" in line.lower()
