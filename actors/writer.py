@@ -57,7 +57,15 @@ class Writer:
         self._backfill_tables: list[str] = []
 
     def open(self, dimension: int) -> None:
+        """Prepare the sink; called at start and again after every pipeline recovery.
+
+        The reader numbers batches from 1 again when it is restarted, so the
+        sequence check starts over too.  Batches of the failed attempt that
+        were queued before this call have already run (calls from the
+        coordinator execute in order), so nothing old can follow.
+        """
         self.sink.ensure_ready(dimension)
+        self.last_seq = 0
 
     def backfill_state(self) -> dict[str, Any] | None:
         return self.sink.get_state(state_name(self.slot))

@@ -76,6 +76,9 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         specs = inspect_source(config.source, config.tables)
     except SourceError as exc:
         fail(str(exc))
+    if config.sink.kind == "qdrant" and not config.sink.url:
+        # actors may run with another working directory
+        config.sink.path = str(Path(config.sink.path).resolve())
     preflight_sink(config)
 
     from cluster import runtime
@@ -101,8 +104,13 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         if banner:
             banner(url)
         sys.stdout.flush()
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(2.0):
+            try:
+                running.stats(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
+                click.echo(f"error: the pipeline coordinator stopped: {runtime.unwrap(exc)}", err=True)
+                running = None
+                sys.exit(1)
     finally:
         if running is not None:
             try:

@@ -51,8 +51,9 @@ class _Entry:
 class PipelineCoordinator:
     """Drives one pipeline.  Plain class; ``PipelineActor`` runs it in the cluster."""
 
-    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any) -> None:
+    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int) -> None:
         self.config = config
+        self.dimension = dimension
         self.reader = reader
         self.embedders = embedders
         self.writer = writer
@@ -77,6 +78,9 @@ class PipelineCoordinator:
     def _start_source(self) -> None:
         """Resume the slot if its backfill completed, else take a fresh snapshot."""
         tables = sorted(t.name for t in self.config.tables)
+        # Idempotent; after a failure the writer may be a restarted actor whose
+        # sink is not open yet, and its batch sequence starts over with the reader's.
+        ray.get(self.writer.open.remote(self.dimension))
         state = ray.get(self.writer.backfill_state.remote())
         resume = (
             ray.get(self.reader.slot_exists.remote())
@@ -247,9 +251,10 @@ def _one_line(exc: BaseException) -> str:
 class PipelineActor:
     """Runs a :class:`PipelineCoordinator` on a thread; answers ``stats`` meanwhile."""
 
-    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, log_level: str = "INFO") -> None:
+    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int,
+                 log_level: str = "INFO") -> None:
         setup_logging(log_level)
-        self.coordinator = PipelineCoordinator(config, reader, embedders, writer)
+        self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension)
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:

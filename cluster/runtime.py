@@ -68,6 +68,11 @@ class RunningPipeline:
     pipeline: Any
     dimension: int
 
+    def stats(self, timeout: float = 30.0) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.pipeline.stats.remote(), timeout=timeout)
+
     def stop(self, timeout: float = 120.0) -> dict[str, Any]:
         import ray
 
@@ -93,14 +98,17 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = emb.device == "cuda" or (emb.device == "auto" and gpus > 0)
     threads = emb.threads or max(1, cores // emb.actors)
+    # Actors that die are restarted by Ray; the coordinator then replays from
+    # the slot's confirmed position (calls in flight fail, none is retried blindly).
     embedders = [
         EmbeddingActor.options(
-            name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0
+            name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
+            max_restarts=-1,
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]
-    writer = WriterActor.options(name=WRITER_ACTOR).remote(config.sink, config.source.slot, log_level)
-    reader = CdcReaderActor.options(name="reader").remote(config.source, specs, log_level)
+    writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1).remote(config.sink, config.source.slot, log_level)
+    reader = CdcReaderActor.options(name="reader", max_restarts=-1).remote(config.source, specs, log_level)
     try:
         infos = ray.get([e.info.remote() for e in embedders])
         dimension = infos[0]["dimension"]
@@ -113,7 +121,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         "embedding pool: %d actor(s) on %s (%s), %d threads each, dim %d",
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, dimension,
     )
-    pipeline = PipelineActor.options(name=PIPELINE_ACTOR).remote(config, reader, embedders, writer, log_level)
+    pipeline = PipelineActor.options(name=PIPELINE_ACTOR).remote(config, reader, embedders, writer, dimension, log_level)
     ray.get(pipeline.start.remote())
     return RunningPipeline(reader, embedders, writer, pipeline, dimension)
 
