@@ -7,7 +7,6 @@ return values) so the classes stay testable without Ray.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,21 +11,15 @@ import pytest
 
 from cluster.demo import BATCH_1, BOOKS_DDL
 from cluster.pgserver import LocalPostgres
+from tests.support.harness import private_postgres
 
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="ec-pg-"))
-    server = LocalPostgres(root / "data")
-    server.start()
-    try:
+    with private_postgres() as server:
         yield server
-    finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture()

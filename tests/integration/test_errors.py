@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +11,7 @@ import psycopg
 import pytest
 
 from cluster.pgserver import LocalPostgres
-from tests.support.harness import REPO, free_port, write_config
+from tests.support.harness import REPO, free_port, private_postgres, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +37,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 @pytest.fixture(scope="module")
 def replica_level_pg() -> Iterator[LocalPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="ec-pg-replica-"))
-    server = LocalPostgres(root / "data")
-    server.start(wal_level="replica")
-    try:
+    with private_postgres(wal_level="replica") as server:
         yield server
-    finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 def _sink(tmp_path: Path) -> dict[str, str]:

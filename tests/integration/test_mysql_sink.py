@@ -28,14 +28,10 @@ pytestmark = pytest.mark.integration
 DIM = 8
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MariaDBServer]:
-    srv = MariaDBServer()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+@pytest.fixture
+def server(mariadb: MariaDBServer) -> MariaDBServer:
+    """The session's private MariaDB (tests/integration/conftest.py)."""
+    return mariadb
 
 
 def _config(server: MariaDBServer, table: str, dialect: str = "portable", db: str | None = None, password: str | None = None) -> SinkConfig:

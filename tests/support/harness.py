@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -13,11 +16,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def private_postgres(wal_level: str = "logical") -> Iterator[Any]:
+    """A throwaway PostgreSQL on 127.0.0.1, removed afterwards."""
+    from cluster.pgserver import LocalPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="ec-pg-"))
+    server = LocalPostgres(root / "data")
+    server.start(wal_level=wal_level)
+    try:
+        yield server
+    finally:
+        server.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)  # where root was not reachable
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
