@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 #: a forward pass is cut before padding exceeds this share of its tokens
-MAX_PADDING_FRACTION = 0.2
+MAX_PADDING_FRACTION = 0.1  # 0.2 -> 0.1: +14 % sentences/s on mixed lengths (benchmarks/results/embed_knobs_ab.json)
 
 
 class EmbedderError(RuntimeError):
@@ -95,7 +95,7 @@ class Embedder:
         model: str = DEFAULT_MODEL,
         device: str = "auto",
         batch_size: int = 64,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = 0,
         threads: int = 0,
         dtype: str = "auto",
         max_length: int = 0,
@@ -140,6 +140,10 @@ class Embedder:
             self.model = torch.compile(self.model)
         self.max_length = max_length or self._model_max_length(path)
         self.batch_size = batch_size
+        if not max_batch_tokens:
+            # CPU: smaller passes keep activations in cache (long texts +17 % at 4096 vs 16384);
+            # GPU: larger passes keep the device busy
+            max_batch_tokens = 16384 if self.device.type == "cuda" else 4096
         self.max_batch_tokens = max(max_batch_tokens, self.max_length)
         self.dimension = int(self.model.config.hidden_size)
         self.stats = EmbedStats()

@@ -62,6 +62,21 @@ def convert_text_value(type_oid: int, text: str | None) -> Any:
     return text
 
 
+def _to_bool(text: str) -> bool:
+    return text == "t"
+
+
+def converter_for(type_oid: int) -> Any:
+    """``convert_text_value`` specialised for one type: None when text stays text."""
+    if type_oid == _BOOL:
+        return _to_bool
+    if type_oid in _INTS:
+        return int
+    if type_oid in _FLOATS or type_oid == _NUMERIC or type_oid in _JSONS:
+        return lambda text, _oid=type_oid: convert_text_value(_oid, text)
+    return None
+
+
 @dataclass(slots=True)
 class Column:
     name: str
@@ -158,12 +173,6 @@ class _Reader:
     def uint32(self) -> int:
         return self.take(">I")[0]
 
-    def int64(self) -> int:
-        return self.take(">q")[0]
-
-    def uint64(self) -> int:
-        return self.take(">Q")[0]
-
     def cstring(self) -> str:
         end = self.buf.find(b"\0", self.pos)
         if end < 0:
@@ -172,12 +181,15 @@ class _Reader:
         self.pos = end + 1
         return out
 
-    def raw(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise ProtocolError("message truncated")
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
+
+_U32 = struct.Struct(">I").unpack_from
+_I16 = struct.Struct(">h").unpack_from
+_I32 = struct.Struct(">i").unpack_from
+_BEGIN = struct.Struct(">QqI").unpack_from
+_COMMIT = struct.Struct(">bQQq").unpack_from
+_TAG_I, _TAG_U, _TAG_D, _TAG_B, _TAG_C = b"IUDBC"
+_N, _K, _O = b"NKO"
+_KIND_T, _KIND_N, _KIND_U, _KIND_B = b"tnub"
 
 
 class PgOutputDecoder:
@@ -185,15 +197,102 @@ class PgOutputDecoder:
 
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
+        # relid -> (relation, [(column name, converter or None)]); rebuilt when
+        # the relation object changes (a new Relation message)
+        self._plans: dict[int, tuple[Relation, list[tuple[str, Any]]]] = {}
 
     def decode(self, data: bytes | memoryview) -> Message:
+        buf = data if type(data) is bytes else bytes(data)
+        try:
+            return self._decode_fast(buf)
+        except (struct.error, IndexError):
+            raise ProtocolError("message truncated") from None
+
+    def _decode_fast(self, buf: bytes) -> Message:
+        """Hot messages (row changes, begin, commit) without the generic reader."""
+        tag = buf[0]
+        if tag == _TAG_I:
+            rel, plan = self._plan(_U32(buf, 1)[0])
+            if buf[5] != _N:
+                raise ProtocolError("insert without new tuple")
+            row, _ = self._tuple_fast(buf, 6, rel, plan)
+            return RowChange("I", rel, new=row)
+        if tag == _TAG_U:
+            rel, plan = self._plan(_U32(buf, 1)[0])
+            old = None
+            marker = buf[5]
+            pos = 6
+            if marker == _K or marker == _O:
+                old, pos = self._tuple_fast(buf, pos, rel, plan)
+                marker = buf[pos]
+                pos += 1
+            if marker != _N:
+                raise ProtocolError("update without new tuple")
+            new, _ = self._tuple_fast(buf, pos, rel, plan)
+            return RowChange("U", rel, new=new, old=old)
+        if tag == _TAG_D:
+            rel, plan = self._plan(_U32(buf, 1)[0])
+            marker = buf[5]
+            if marker != _K and marker != _O:
+                raise ProtocolError("delete without old tuple")
+            old, _ = self._tuple_fast(buf, 6, rel, plan)
+            return RowChange("D", rel, old=old)
+        if tag == _TAG_B:
+            final_lsn, ts, xid = _BEGIN(buf, 1)
+            return Begin(final_lsn=final_lsn, commit_ts=ts, xid=xid)
+        if tag == _TAG_C:
+            _flags, commit_lsn, end_lsn, ts = _COMMIT(buf, 1)
+            return Commit(commit_lsn=commit_lsn, end_lsn=end_lsn, commit_ts=ts)
+        return self._decode_generic(buf)
+
+    def _plan(self, relid: int) -> tuple[Relation, list[tuple[str, Any]]]:
+        rel = self._relation(relid)
+        entry = self._plans.get(relid)
+        if entry is None or entry[0] is not rel:
+            entry = (rel, [(c.name, converter_for(c.type_oid)) for c in rel.columns])
+            self._plans[relid] = entry
+        return entry
+
+    @staticmethod
+    def _tuple_fast(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int]:
+        n = _I16(buf, pos)[0]
+        pos += 2
+        if n > len(plan):
+            raise ProtocolError(f"tuple has {n} columns, relation {rel.qualified_name} has {len(plan)}")
+        row: dict[str, Any] = {}
+        end_of_buf = len(buf)
+        for name, conv in plan[:n] if n < len(plan) else plan:
+            kind = buf[pos]
+            pos += 1
+            if kind == _KIND_T:
+                size = _I32(buf, pos)[0]
+                pos += 4
+                end = pos + size
+                if end > end_of_buf or size < 0:
+                    raise ProtocolError("message truncated")
+                text = buf[pos:end].decode("utf-8")
+                pos = end
+                row[name] = text if conv is None else conv(text)
+            elif kind == _KIND_N:
+                row[name] = None
+            elif kind == _KIND_U:
+                row[name] = UNCHANGED_TOAST
+            elif kind == _KIND_B:
+                size = _I32(buf, pos)[0]
+                pos += 4
+                end = pos + size
+                if end > end_of_buf or size < 0:
+                    raise ProtocolError("message truncated")
+                row[name] = buf[pos:end]
+                pos = end
+            else:
+                raise ProtocolError(f"unknown tuple column kind {chr(kind)!r}")
+        return row, pos
+
+    def _decode_generic(self, data: bytes) -> Message:
+        """The rarer messages: Relation, Truncate, and those we ignore."""
         r = _Reader(data)
         tag = r.byte()
-        if tag == "B":
-            return Begin(final_lsn=r.uint64(), commit_ts=r.int64(), xid=r.uint32())
-        if tag == "C":
-            r.int8()  # flags, unused
-            return Commit(commit_lsn=r.uint64(), end_lsn=r.uint64(), commit_ts=r.int64())
         if tag == "R":
             relid = r.uint32()
             namespace = r.cstring() or "pg_catalog"
@@ -210,27 +309,6 @@ class PgOutputDecoder:
             rel = Relation(relid, namespace, name, identity, cols)
             self.relations[relid] = rel
             return rel
-        if tag == "I":
-            rel = self._relation(r.uint32())
-            if r.byte() != "N":
-                raise ProtocolError("insert without new tuple")
-            return RowChange("I", rel, new=self._tuple(r, rel))
-        if tag == "U":
-            rel = self._relation(r.uint32())
-            old = None
-            marker = r.byte()
-            if marker in ("K", "O"):
-                old = self._tuple(r, rel)
-                marker = r.byte()
-            if marker != "N":
-                raise ProtocolError("update without new tuple")
-            return RowChange("U", rel, new=self._tuple(r, rel), old=old)
-        if tag == "D":
-            rel = self._relation(r.uint32())
-            marker = r.byte()
-            if marker not in ("K", "O"):
-                raise ProtocolError("delete without old tuple")
-            return RowChange("D", rel, old=self._tuple(r, rel))
         if tag == "T":
             nrels = r.int32()
             r.int8()  # options (cascade / restart identity)
@@ -243,29 +321,6 @@ class PgOutputDecoder:
             return self.relations[relid]
         except KeyError:
             raise ProtocolError(f"row for relation {relid} before its Relation message") from None
-
-    @staticmethod
-    def _tuple(r: _Reader, rel: Relation) -> dict[str, Any]:
-        n = r.int16()
-        if n > len(rel.columns):
-            raise ProtocolError(f"tuple has {n} columns, relation {rel.qualified_name} has {len(rel.columns)}")
-        row: dict[str, Any] = {}
-        for i in range(n):
-            col = rel.columns[i]
-            kind = r.byte()
-            if kind == "n":
-                row[col.name] = None
-            elif kind == "u":
-                row[col.name] = UNCHANGED_TOAST
-            elif kind == "t":
-                size = r.int32()
-                row[col.name] = convert_text_value(col.type_oid, r.raw(size).decode("utf-8"))
-            elif kind == "b":
-                size = r.int32()
-                row[col.name] = r.raw(size)
-            else:
-                raise ProtocolError(f"unknown tuple column kind {kind!r}")
-        return row
 
 
 # --- replication stream envelope (CopyData payloads) -------------------------
@@ -283,6 +338,9 @@ class Keepalive:
     reply_requested: bool
 
 
+_XLOG = struct.Struct(">QQq").unpack_from
+
+
 def parse_copy_message(data: bytes | memoryview) -> XLogData | Keepalive:
     """Split one CopyData message of the streaming protocol ('w' or 'k')."""
     buf = bytes(data)
@@ -292,7 +350,7 @@ def parse_copy_message(data: bytes | memoryview) -> XLogData | Keepalive:
     if (tag == b"w" and len(buf) < 25) or (tag == b"k" and len(buf) < 18):
         raise ProtocolError("copy message truncated")
     if tag == b"w":
-        start, end, _ts = struct.unpack_from(">QQq", buf, 1)
+        start, end, _ts = _XLOG(buf, 1)
         return XLogData(start, end, buf[25:])
     if tag == b"k":
         end, _ts, reply = struct.unpack_from(">Qqb", buf, 1)

@@ -116,7 +116,7 @@ def test_defaults(tmp_path):
     assert config.tables[0].payload == []
     emb = config.embedding
     assert (emb.model, emb.actors, emb.device, emb.batch_size) == ("default", 1, "auto", 64)
-    assert emb.max_batch_tokens == 16384
+    assert emb.max_batch_tokens == 0  # auto: 4096 on CPU, 16384 on CUDA
     assert emb.threads == 0 and emb.max_length == 0 and emb.dtype == "auto" and emb.compile is False
     sink = config.sink
     assert (sink.kind, sink.collection, sink.url, sink.path) == ("qdrant", "embedcluster", "", ".embedcluster/qdrant")

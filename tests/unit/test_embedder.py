@@ -144,6 +144,7 @@ def test_padded_tokens_counted_per_pass(embedder, monkeypatch):
     ids, _ = embedder.tokenize(texts)
     lengths = sorted(len(x) for x in ids)
     monkeypatch.setattr(embedder, "batch_size", 2)
+    monkeypatch.setattr("actors.embedder.MAX_PADDING_FRACTION", 1.0)  # cut by count only
     _, d = delta(embedder, lambda: embedder.embed(texts))
     # passes: [two shortest], [longest]
     assert d["padded_tokens"] == 2 * lengths[1] + lengths[2]
@@ -194,9 +195,9 @@ def test_plan_batches_sorts_by_length():
 
 
 def test_plan_batches_cuts_before_padding_dominates():
-    # 5 and 10 in one pass would be 25 % padding (> 20 %): separate passes;
-    # 20 and 30 pad 17 %: together
-    assert bare(8, 1000).plan_batches([30, 10, 20, 5]) == [[3], [1], [2, 0]]
+    # 5 and 10 in one pass would be 25 % padding (> 10 %): separate passes;
+    # 27 and 29 pad 3 %: together
+    assert bare(8, 1000).plan_batches([29, 10, 27, 5]) == [[3], [1], [2, 0]]
     lengths = [8] * 10 + [200] * 3
     batches = bare(64, 16384).plan_batches(lengths)
     assert batches == [list(range(10)), [10, 11, 12]]

@@ -1,0 +1,564 @@
+"""CDC decode throughput: PgChangeSource over pgoutput, no embedding, no sink.
+
+Run::
+
+    python -m benchmarks.bench_cdc                  # 200,000-row backlog x 3 trials + 10 s stream
+    python -m benchmarks.bench_cdc --quick          # 50,000 rows x 2 trials + 5 s stream
+    python -m benchmarks.bench_cdc --rows 500000 --profile --out benchmarks/results/cdc.json
+
+A private PostgreSQL 15 (``cluster.pgserver.LocalPostgres`` in a temporary
+directory, 127.0.0.1 only) with a ``books`` table (id serial pk, name,
+description, author, year).  The reader is ``actors.cdc_reader.PgChangeSource``
+exactly as the pipeline uses it; the "embedder" and the "sink" are null: a
+batch counts as durably written the moment it is read, so each read_batch
+call piggybacks the ack of the previous batch.
+
+(a) backlog: ``start(True)`` on the empty table (creates the slot + an empty
+    snapshot), drain until ``snapshot_complete`` so the stream is live, then per
+    trial COPY ``--rows`` fresh rows (``--txn-rows`` per transaction, untimed)
+    and time ``read_batch(max_changes=5000)`` until every change is decoded.
+(b) steady stream: a separate process inserts at ``--rate`` rows/s for
+    ``--seconds`` s (one transaction per 50 ms tick); the reader must keep up.
+    Reports insert->decoded latency percentiles and the reader's CPU per change.
+(c) decode only: the raw CopyData messages of one backlog trial are recorded
+    and re-decoded offline (parse_copy_message + PgChangeSource._decode), which
+    separates the Python decoder's cost from the server's and the socket's.
+
+CPU time is split between this process (the reader), the walsender backend
+and everything else on the machine (other load), from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import logging
+import multiprocessing as mp
+import os
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    RESULTS_DIR,
+    CpuMeter,
+    TrialResult,
+    Trials,
+    command_line,
+    machine_info,
+    plot_bars,
+    print_table,
+    write_json,
+)
+
+TARGET_CHANGES_PER_S = 50_000
+BOOKS_DDL = """
+CREATE TABLE books (
+    id serial PRIMARY KEY,
+    name text,
+    description text,
+    author text,
+    year int
+)
+"""
+SLOT = "bench_cdc"
+PUBLICATION = "bench_cdc"
+
+
+# -- data --------------------------------------------------------------------
+
+
+def _pool(n: int = 4096, seed: int = 7) -> list[tuple[str, str, str]]:
+    """(name, description, author) pool; descriptions ~15-30 words like the demo's books."""
+    from benchmarks.bench_embed import WORDS
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        name = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))).title()
+        desc = " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 30))).capitalize() + "."
+        author = f"{rng.choice(WORDS).title()} {rng.choice(WORDS).title()}"
+        out.append((name, desc, author))
+    return out
+
+
+def copy_rows(dsn: str, start: int, rows: int, txn_rows: int, pool: list[tuple[str, str, str]]) -> float:
+    """COPY ``rows`` rows in transactions of ``txn_rows``; returns seconds taken."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        done = 0
+        while done < rows:
+            n = min(txn_rows, rows - done)
+            lines = []
+            for i in range(start + done, start + done + n):
+                name, desc, author = pool[i % len(pool)]
+                lines.append(f"{name} {i}\t{desc}\t{author}\t{1800 + i % 225}\n")
+            with conn.cursor() as cur:
+                with cur.copy("COPY books (name, description, author, year) FROM STDIN") as cp:
+                    cp.write("".join(lines).encode())
+            conn.commit()
+            done += n
+    return time.perf_counter() - t0
+
+
+def steady_inserter(dsn: str, rate: int, seconds: float, tick: float, start_id: int, result: Any) -> None:
+    """Child process: INSERT ``rate`` rows/s for ``seconds``, one transaction per tick.
+
+    ``name`` carries the wall-clock time of the insert (``t<unix seconds>``)
+    so the reader can measure insert->decoded latency.
+    """
+    import psycopg
+
+    pool = _pool()
+    per_tick = max(1, round(rate * tick))
+    ticks = int(round(seconds / tick))
+    sent = 0
+    late = 0
+    with psycopg.connect(dsn) as conn:
+        started = time.monotonic()
+        for k in range(ticks):
+            due = started + k * tick
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -tick:
+                late += 1
+            now = time.time()
+            rows = []
+            for i in range(start_id + sent, start_id + sent + per_tick):
+                _, desc, author = pool[i % len(pool)]
+                rows.append((f"t{now:.6f}", desc, author, 1800 + i % 225))
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO books (name, description, author, year) VALUES (%s, %s, %s, %s)", rows)
+            conn.commit()
+            sent += per_tick
+        elapsed = time.monotonic() - started
+    result.put({"sent": sent, "elapsed_s": elapsed, "ticks": ticks, "rows_per_tick": per_tick, "late_ticks": late})
+
+
+# -- recording proxy (for the decode-only measurement) ------------------------
+
+
+class _RecordingPgConn:
+    """Wraps a psycopg ``PGconn``; keeps a copy of every CopyData message read."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.messages: list[bytes] = []
+
+    def get_copy_data(self, async_: int) -> tuple[int, Any]:
+        nbytes, data = self._inner.get_copy_data(async_)
+        if nbytes > 0:
+            self.messages.append(bytes(data))
+        return nbytes, data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _ConnProxy:
+    def __init__(self, conn: Any, pgconn: _RecordingPgConn) -> None:
+        self._conn = conn
+        self.pgconn = pgconn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def implementation_fingerprint() -> dict[str, str]:
+    """Which reader code was measured: module path and a content hash per file."""
+    import hashlib
+
+    import actors
+
+    root = Path(actors.__file__).resolve().parent
+    out = {"actors_package": str(root)}
+    for name in ("cdc_reader.py", "pgoutput.py", "source_schema.py", "changes.py"):
+        try:
+            out[name] = hashlib.sha256((root / name).read_bytes()).hexdigest()[:12]
+        except OSError:
+            out[name] = "?"
+    return out
+
+
+# -- the benchmark -----------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, dsn: str, pg_pid: int | None, args: argparse.Namespace) -> None:
+        from actors.cdc_reader import PgChangeSource
+        from actors.source_schema import inspect_source
+        from cluster.config import SourceConfig, TableConfig
+
+        self.dsn = dsn
+        self.args = args
+        self.pool = _pool()
+        self.next_id = 0
+        self.source_cfg = SourceConfig(dsn=dsn, slot=SLOT, publication=PUBLICATION)
+        table = TableConfig(name="books", text="{name}: {description}", payload=["name", "author", "year"])
+        self.specs = inspect_source(self.source_cfg, [table])
+        self.src = PgChangeSource(self.source_cfg, self.specs)
+        info = self.src.start(True)
+        self.start_info = info
+        while True:  # empty snapshot, then the marker batch switches to streaming
+            b = self.src.read_batch(args.max_changes, 1.0)
+            if b.snapshot_complete:
+                break
+        self.pending_ack: int | None = None
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            self.walsender_pid = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)
+            ).fetchone()[0]
+        groups = {"walsender": [self.walsender_pid]}
+        if pg_pid:
+            groups["postgres_other"] = [pg_pid]
+        self.meter = CpuMeter(groups, flat={"walsender"})
+        self.batch_sizes: list[int] = []
+
+    # the null pipeline: read, count, ack what was read on the next call
+    def drain(self, expected: int, timeout: float = 120.0, on_batch: Any = None) -> int:
+        got = 0
+        deadline = time.monotonic() + timeout
+        while got < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {got} of {expected} changes arrived within {timeout:.0f}s")
+            batch = self.src.read_batch(self.args.max_changes, self.args.read_timeout, self.pending_ack)
+            if batch.ack_lsn:
+                self.pending_ack = batch.ack_lsn
+            n = len(batch.changes)
+            if n:
+                self.batch_sizes.append(n)
+                if on_batch:
+                    on_batch(batch)
+            got += n
+        return got
+
+    def insert(self, rows: int) -> float:
+        took = copy_rows(self.dsn, self.next_id, rows, self.args.txn_rows, self.pool)
+        self.next_id += rows
+        return took
+
+    # (a) backlog
+    def backlog(self) -> tuple[TrialResult, list[float]]:
+        args = self.args
+        rows = args.rows
+        # warm-up: a small backlog (relation message, caches), untimed
+        self.insert(min(10_000, rows))
+        self.drain(min(10_000, rows))
+        copy_times: list[float] = []
+
+        def setup() -> None:
+            copy_times.append(self.insert(rows))
+
+        def run(_: Any) -> None:
+            self.drain(rows)
+
+        self.batch_sizes = []
+        res = Trials(trials=args.trials, warmup=0, meter=self.meter).run("backlog", run, work=rows, setup=setup)
+        res.extra["mean_batch"] = round(statistics.mean(self.batch_sizes), 1) if self.batch_sizes else 0
+        return res, copy_times
+
+    # (c) decode only, on a recorded backlog
+    def record_and_decode(self, rows: int, repeats: int = 3) -> dict[str, Any]:
+        from actors.cdc_reader import PgChangeSource
+        from actors.pgoutput import Keepalive, parse_copy_message
+
+        assert self.src._repl is not None
+        real_conn = self.src._repl
+        recorder = _RecordingPgConn(real_conn.pgconn)
+        self.insert(rows)
+        self.src._repl = _ConnProxy(real_conn, recorder)  # type: ignore[assignment]
+        try:
+            self.drain(rows)
+        finally:
+            self.src._repl = real_conn
+        messages = recorder.messages
+        wire_bytes = sum(len(m) for m in messages)
+        times = []
+        cpu_times = []
+        decoded = 0
+        for _ in range(repeats):
+            fresh = PgChangeSource(self.source_cfg, self.specs)
+            fresh._decoder.relations = dict(self.src._decoder.relations)
+            out: list[Any] = []
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            for raw in messages:
+                msg = parse_copy_message(raw)
+                if isinstance(msg, Keepalive):
+                    continue
+                fresh._decode(msg.payload, out)
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+            decoded = len(out)
+        med = statistics.median(times)
+        cpu_med = statistics.median(cpu_times)
+        return {
+            "messages": len(messages),
+            "wire_bytes": wire_bytes,
+            "changes": decoded,
+            "seconds": [round(t, 4) for t in times],
+            "median_s": round(med, 4),
+            "changes_per_s": round(decoded / med, 1),
+            "us_per_change": round(med / max(1, decoded) * 1e6, 3),
+            "cpu_seconds": [round(t, 4) for t in cpu_times],
+            "changes_per_cpu_s": round(decoded / cpu_med, 1) if cpu_med else None,
+            "cpu_us_per_change": round(cpu_med / max(1, decoded) * 1e6, 3),
+            "_messages": messages,  # removed before writing JSON
+        }
+
+    # profile one backlog drain
+    def profile(self, rows: int, top: int = 25) -> dict[str, Any]:
+        self.insert(rows)
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        self.drain(rows)
+        prof.disable()
+        wall = time.perf_counter() - t0
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf)
+        st.sort_stats("tottime").print_stats(top)
+        rows_out = []
+        for (file, line, func), (cc, nc, tt, ct, _) in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]:
+            rows_out.append({
+                "function": f"{Path(file).name}:{line}({func})" if line else func,
+                "calls": nc,
+                "tottime_s": round(tt, 4),
+                "cumtime_s": round(ct, 4),
+                "tottime_share": round(tt / wall, 4) if wall else None,
+            })
+        return {"rows": rows, "wall_s_profiled": round(wall, 3), "top_by_tottime": rows_out,
+                "text": buf.getvalue()}
+
+    # (b) steady stream
+    def steady(self, rate: int, seconds: float) -> dict[str, Any]:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        tick = 0.05
+        per_tick = max(1, round(rate * tick))
+        expected = per_tick * int(round(seconds / tick))
+        proc = ctx.Process(target=steady_inserter, args=(self.dsn, rate, seconds, tick, self.next_id, q))
+        latencies: list[float] = []
+        self.batch_sizes = []
+
+        def on_batch(batch: Any) -> None:
+            now = time.time()
+            for c in batch.changes:
+                name = (c.payload or {}).get("name") or ""
+                if name.startswith("t"):
+                    latencies.append(now - float(name[1:]))
+
+        before = self.meter.snapshot()
+        t0 = time.perf_counter()
+        proc.start()
+        got = self.drain(expected, timeout=seconds + 120, on_batch=on_batch)
+        t_done = time.perf_counter()
+        cpu = self.meter.delta(before, self.meter.snapshot())
+        proc.join(30)
+        try:
+            info = q.get(timeout=10)
+        except Exception:  # noqa: BLE001 - inserter died; report what we have
+            info = {}
+        self.next_id += expected
+        latencies.sort()
+
+        def pct(p: float) -> float:
+            return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+        wall = t_done - t0
+        own = cpu.get("own_cpu_s", 0.0)
+        return {
+            "target_rate": rate,
+            "seconds": seconds,
+            "inserter": info,
+            "achieved_insert_rate": round(info.get("sent", 0) / info["elapsed_s"], 1) if info else None,
+            "changes_decoded": got,
+            "decoded_rate_over_run": round(got / wall, 1),
+            "drain_after_last_insert_s": round(wall - info.get("elapsed_s", 0.0), 3) if info else None,
+            "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+            "batches": len(self.batch_sizes),
+            "mean_batch": round(statistics.mean(self.batch_sizes), 1) if self.batch_sizes else 0,
+            "max_batch": max(self.batch_sizes) if self.batch_sizes else 0,
+            "cpu": cpu,
+            "reader_cpu_us_per_change": round(own / max(1, got) * 1e6, 2),
+            "reader_cpu_share_of_one_core": round(own / wall, 3),
+            "walsender_cpu_us_per_change": round(cpu.get("walsender_cpu_s", 0.0) / max(1, got) * 1e6, 2),
+            "kept_up": bool(got == expected and latencies and pct(0.99) < 1000),
+        }
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_cdc", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=0, help="backlog rows per trial (default 200000, quick 50000)")
+    ap.add_argument("--txn-rows", type=int, default=20_000, help="rows per COPY transaction (default 20000)")
+    ap.add_argument("--trials", type=int, default=0, help="backlog trials (default 3, quick 2)")
+    ap.add_argument("--max-changes", type=int, default=5000, help="read_batch max_changes (default 5000)")
+    ap.add_argument("--read-timeout", type=float, default=2.0, help="read_batch timeout (s)")
+    ap.add_argument("--rate", type=int, default=2000, help="steady-stream insert rate, rows/s (default 2000)")
+    ap.add_argument("--seconds", type=float, default=0, help="steady-stream duration (default 10, quick 5)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile one extra backlog drain (done anyway when the backlog misses the target)")
+    ap.add_argument("--no-profile", action="store_true", help="never profile")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON result path (PNG written next to it)")
+    args = ap.parse_args(argv)
+    args.rows = args.rows or (50_000 if args.quick else 200_000)
+    args.trials = args.trials or (2 if args.quick else 3)
+    args.seconds = args.seconds or (5.0 if args.quick else 10.0)
+    out = Path(args.out) if args.out else RESULTS_DIR / ("cdc_quick.json" if args.quick else "cdc.json")
+    logging.basicConfig(level=logging.WARNING)
+    machine = machine_info()
+    t_start = time.perf_counter()
+
+    from cluster.pgserver import LocalPostgres
+
+    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
+        pg = LocalPostgres(Path(tmp) / "data")
+        pg.start()
+        bench = None
+        try:
+            import psycopg
+
+            dsn = pg.create_database("bench")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(BOOKS_DDL)
+                # keep autovacuum/analyze of the fresh rows out of the timed reads
+                conn.execute("ALTER TABLE books SET (autovacuum_enabled = false)")
+                server_version = conn.execute("SHOW server_version").fetchone()[0]
+                settings = {
+                    k: conn.execute(f"SHOW {k}").fetchone()[0]
+                    for k in ("wal_level", "logical_decoding_work_mem", "shared_buffers", "fsync",
+                              "synchronous_commit")
+                }
+            pg_pid = None
+            try:
+                pg_pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+            bench = Bench(dsn, pg_pid, args)
+            print(f"PostgreSQL {server_version} on 127.0.0.1:{pg.port}; slot {SLOT} live; walsender pid "
+                  f"{bench.walsender_pid}")
+
+            print(f"(a) backlog: {args.trials} trials x {args.rows:,} rows "
+                  f"({args.txn_rows:,} rows per COPY transaction), read_batch(max_changes={args.max_changes})")
+            backlog, copy_times = bench.backlog()
+            print(f"    median {backlog.median_rate:,.0f} changes/s")
+
+            print(f"(c) decode only: recording {args.rows:,} changes and re-decoding them offline")
+            decode_only = bench.record_and_decode(args.rows)
+            decode_only.pop("_messages")
+            print(f"    {decode_only['changes_per_s']:,.0f} changes/s wall, {decode_only['changes_per_cpu_s']:,.0f} per "
+                  f"CPU-second ({decode_only['cpu_us_per_change']} CPU-us/change)")
+
+            prof = None
+            below = backlog.median_rate < TARGET_CHANGES_PER_S
+            if (args.profile or below) and not args.no_profile:
+                print(f"profile: cProfile of one {args.rows:,}-row drain")
+                prof = bench.profile(args.rows)
+
+            print(f"(b) steady stream: {args.rate:,} rows/s for {args.seconds:.0f} s")
+            steady = bench.steady(args.rate, args.seconds)
+            print(f"    decoded {steady['changes_decoded']:,} changes, p99 latency {steady['latency_ms']['p99']} ms")
+        finally:
+            if bench is not None:
+                bench.close()
+            pg.stop()
+
+    # -- report ----------------------------------------------------------------
+    s = backlog.summary()
+    cpu = backlog.extra["cpu"]
+    own = statistics.median(c.get("own_cpu_s", 0) for c in cpu)
+    wal = statistics.median(c.get("walsender_cpu_s", 0) for c in cpu)
+    other = statistics.median(c.get("other_cores", 0) for c in cpu)
+    own_us = own / args.rows * 1e6
+    ceiling = 1e6 / own_us if own_us else None
+    rows_tbl = [
+        ["(a) backlog, end to end", s["median_rate"], s["min_rate"], s["max_rate"],
+         own_us, ceiling, wal / args.rows * 1e6, other,
+         "yes" if s["median_rate"] >= TARGET_CHANGES_PER_S else "NO"],
+        ["(c) decode only (Python, offline)", decode_only["changes_per_s"], None, None,
+         decode_only["cpu_us_per_change"], decode_only["changes_per_cpu_s"], None, None,
+         "yes" if decode_only["changes_per_s"] >= TARGET_CHANGES_PER_S else "NO"],
+        [f"(b) steady {args.rate}/s, {args.seconds:.0f}s", steady["decoded_rate_over_run"], None, None,
+         steady["reader_cpu_us_per_change"], None, steady["walsender_cpu_us_per_change"],
+         steady["cpu"].get("other_cores"), "kept up" if steady["kept_up"] else "FELL BEHIND"],
+    ]
+    table = print_table(
+        f"CDC decode (PgChangeSource, pgoutput v1, null embedder/sink), target >= {TARGET_CHANGES_PER_S:,} changes/s",
+        ["measurement", "changes/s (median)", "min", "max", "reader CPU us/change",
+         "reader-CPU-bound changes/s", "walsender CPU us/change", "others' load (cores)", "target met"],
+        rows_tbl,
+    )
+    print("reader-CPU-bound changes/s = 1e6 / reader CPU us per change: the rate with a core of its own "
+          "(the walsender runs on the other one)")
+    lat = steady["latency_ms"]
+    print(f"steady stream: insert->decoded latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, "
+          f"max {lat['max']} ms; reader used {steady['reader_cpu_share_of_one_core']:.1%} of one core; "
+          f"mean batch {steady['mean_batch']}")
+    if prof:
+        print_table(
+            f"cProfile of one {args.rows:,}-row backlog drain ({prof['wall_s_profiled']} s under the profiler)",
+            ["function", "calls", "tottime s", "cumtime s", "share of wall"],
+            [[r["function"], r["calls"], r["tottime_s"], r["cumtime_s"], r["tottime_share"]]
+             for r in prof["top_by_tottime"][:15]],
+        )
+    elapsed = round(time.perf_counter() - t_start, 1)
+    data = {
+        "benchmark": "cdc",
+        "command": command_line("benchmarks.bench_cdc"),
+        "quick": args.quick,
+        "elapsed_s": elapsed,
+        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "postgres": {"version": server_version, **settings},
+        "implementation": implementation_fingerprint(),
+        "settings": {
+            "rows_per_trial": args.rows, "txn_rows": args.txn_rows, "trials": args.trials,
+            "max_changes": args.max_changes, "read_timeout_s": args.read_timeout,
+            "table": "books(id serial pk, name text, description text, author text, year int)",
+            "text_template": "{name}: {description}", "payload": ["name", "author", "year"],
+            "warmup": "one untimed 10,000-row backlog before the trials",
+            "steady_rate": args.rate, "steady_seconds": args.seconds,
+        },
+        "target_changes_per_s": TARGET_CHANGES_PER_S,
+        "backlog": {**s, "copy_seconds": [round(x, 3) for x in copy_times],
+                    "reader_cpu_us_per_change": round(own / args.rows * 1e6, 3),
+                    "reader_cpu_bound_changes_per_s": round(ceiling, 1) if ceiling else None,
+                    "median_other_cores": other,
+                    "walsender_cpu_us_per_change": round(wal / args.rows * 1e6, 3),
+                    "target_met": s["median_rate"] >= TARGET_CHANGES_PER_S},
+        "decode_only": decode_only,
+        "steady": steady,
+        "profile": prof,
+        "table": table,
+    }
+    write_json(out, data)
+    plot_bars(
+        out.with_suffix(".png"),
+        f"PgChangeSource decode rate ({args.rows:,}-row backlog, {machine['cores']} cores); "
+        f"target {TARGET_CHANGES_PER_S:,}/s",
+        ["backlog end to end", "decode only (offline)", f"steady {args.rate}/s"],
+        {"changes/s": [s["median_rate"], decode_only["changes_per_s"], steady["decoded_rate_over_run"]],
+         "target": [TARGET_CHANGES_PER_S, TARGET_CHANGES_PER_S, float(args.rate)]},
+        "changes/s",
+        {"changes/s": [(s["min_rate"], s["max_rate"]), None, None]},
+    )
+    print(f"done in {elapsed:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

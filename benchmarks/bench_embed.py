@@ -1,0 +1,495 @@
+"""Embedding throughput: our Embedder / EmbeddingActor pool vs. the usual alternatives.
+
+Run::
+
+    python -m benchmarks.bench_embed            # default run, < 10 min on 2 cores
+    python -m benchmarks.bench_embed --quick    # < 2 min on 2 cores
+    python -m benchmarks.bench_embed --max-actors 4 --trials 5 --out benchmarks/results/embed_cpu.json
+
+Three synthetic workloads (deterministic pseudo-English from a fixed word list
+and a seeded RNG, every text unique): ``short`` (~15 words), ``mixed`` (5 to 180
+words) and ``long`` (~120 words).  On the same texts, in the same run, with the
+same number of torch threads for every contender:
+
+(a) ``one-per-call``: ``Embedder.embed([t])`` in a loop, the way a naive CDC demo
+    embeds each change as it arrives;
+(b) ``sentence-transformers``: ``SentenceTransformer.encode(texts, batch_size=B,
+    normalize_embeddings=True)`` for several B, best one reported;
+(c) ``ours``: ``Embedder.embed(texts)`` in process at several batch_size /
+    max_batch_tokens settings;
+(d) ``actors xN``: N ``EmbeddingActor`` Ray actors (threads = cores // N each)
+    fed chunks of texts in parallel (dynamic: an actor that finishes gets the
+    next chunk), including the Ray transport of texts and vectors.
+
+Contenders run interleaved (round-robin per trial) so load from other
+processes on a shared machine hits all of them alike.  Rates are sentences/s
+and tokens/s, tokens counted without padding (after truncation to the model's
+max_length).  Results: JSON + PNG next to it + a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.common import (
+    RESULTS_DIR,
+    Case,
+    CLEAN_MAX_OTHER_CORES,
+    TrialResult,
+    Trials,
+    command_line,
+    init_ray,
+    machine_info,
+    plot_bars,
+    print_table,
+    usable_cores,
+    write_json,
+)
+
+# fmt: off
+WORDS = (
+    "the of and to in is was for on that with as by at from his her it an be this are which or had not but "
+    "were have one all their they there been has when who more would she will also into its time other "
+    "after first new years people two over city war state world government river house school family "
+    "music film book history water light story night mountain village garden market king queen army ship "
+    "train road bridge island forest winter summer morning evening letter paper language science theory "
+    "system energy planet star machine engine computer network signal memory question answer problem "
+    "method result model value price company worker farmer doctor teacher student child mother father "
+    "friend stranger traveller soldier captain scientist artist writer reader player singer dancer "
+    "ancient modern famous quiet strange bright dark cold warm heavy small large young old early late "
+    "green red blue golden silver broken hidden secret public private simple complex careful sudden "
+    "builds carries finds loses remembers discovers explores follows leaves returns sends opens closes "
+    "grows changes begins ends moves writes reads sings plays fights saves watches learns teaches "
+    "under above between through across around behind beyond during without against toward within "
+    "slowly quickly quietly suddenly finally nearly almost always never often sometimes together "
+    "alien empire desert ocean harbour castle tower library museum station kingdom colony journey "
+    "voyage battle treaty festival harvest storm fire stone iron glass wood salt coffee bread wine"
+).split()
+# fmt: on
+
+WORKLOADS = ("short", "mixed", "long")
+
+
+def make_texts(kind: str, n: int, seed: int = 1234) -> list[str]:
+    """``n`` unique pseudo-English texts; the same for the same (kind, n, seed)."""
+    rng = random.Random(f"{kind}:{seed}")
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        if kind == "short":
+            words = rng.randint(10, 20)
+        elif kind == "long":
+            words = rng.randint(100, 140)
+        elif kind == "mixed":
+            r = rng.random()
+            words = rng.randint(5, 25) if r < 0.5 else rng.randint(26, 80) if r < 0.85 else rng.randint(81, 180)
+        else:
+            raise ValueError(kind)
+        parts: list[str] = []
+        left = words
+        while left > 0:
+            k = min(left, rng.randint(6, 16))
+            sentence = [rng.choice(WORDS) for _ in range(k)]
+            if k > 8 and rng.random() < 0.4:
+                sentence[rng.randint(2, k - 3)] += ","
+            sentence[0] = sentence[0].capitalize()
+            parts.append(" ".join(sentence) + ".")
+            left -= k
+        text = " ".join(parts)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+# -- contenders --------------------------------------------------------------
+
+
+def actor_pool_runner(actors: list[Any], texts: list[str], chunk: int) -> Callable[[], int]:
+    """A callable that embeds ``texts`` on ``actors``: chunks, at most 2 in flight per actor."""
+    import ray
+
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
+
+    def run() -> int:
+        queue = list(range(len(chunks)))[::-1]
+        pending: dict[Any, tuple[Any, int]] = {}
+        done = 0
+        for actor in actors:
+            for _ in range(2):
+                if queue:
+                    i = queue.pop()
+                    pending[actor.embed.remote(chunks[i])] = (actor, i)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            actor, i = pending.pop(ref)
+            vectors = ray.get(ref)
+            done += len(vectors)
+            if queue:
+                j = queue.pop()
+                pending[actor.embed.remote(chunks[j])] = (actor, j)
+        assert done == len(texts), (done, len(texts))
+        return done
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_embed", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small workloads, fewer settings (< 2 min on 2 cores)")
+    ap.add_argument("--out", default=None, help="JSON result path (PNG written next to it)")
+    ap.add_argument("--max-actors", type=int, default=0, help="largest actor pool (default: cores)")
+    ap.add_argument("--trials", type=int, default=0, help="timed trials per contender (default 3, quick 2)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per contender (default: cores)")
+    ap.add_argument("--chunk", type=int, default=64, help="texts per actor call (default 64)")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--no-actors", action="store_true", help="skip the Ray actor pool")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING)
+    cores = usable_cores()
+    threads = args.threads or cores
+    max_actors = args.max_actors or cores
+    trials = args.trials or (2 if args.quick else 3)
+    out = Path(args.out) if args.out else RESULTS_DIR / ("embed_cpu_quick.json" if args.quick else "embed_cpu.json")
+    sizes = {"short": 96, "mixed": 48, "long": 16} if args.quick else {"short": 384, "mixed": 192, "long": 72}
+    st_batches = [16, 64] if args.quick else [16, 32, 64, 128]
+    our_settings = (
+        [(64, 16384), (64, 4096)]
+        if args.quick
+        else [(32, 16384), (64, 16384), (128, 8192), (64, 4096)]
+    )
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    machine = machine_info()
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from actors.embedder import Embedder, resolve_model_path
+
+    model_path = resolve_model_path(args.model)
+    embedder = Embedder(model=args.model, device="cpu", threads=threads, dtype="float32")
+    default_bs, default_mbt = embedder.batch_size, embedder.max_batch_tokens
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(model_path, device="cpu")
+    torch.set_num_threads(threads)  # in case a library changed it
+    if st_model.max_seq_length != embedder.max_length:
+        print(f"note: sentence-transformers max_seq_length {st_model.max_seq_length} != ours {embedder.max_length}")
+
+    texts = {kind: make_texts(kind, sizes[kind]) for kind in WORKLOADS}
+    tokens: dict[str, int] = {}
+    words: dict[str, float] = {}
+    truncated: dict[str, int] = {}
+    for kind, tx in texts.items():
+        ids, trunc = embedder.tokenize(tx)
+        tokens[kind] = sum(len(x) for x in ids)
+        truncated[kind] = trunc
+        words[kind] = round(statistics.mean(len(t.split()) for t in tx), 1)
+
+    def set_ours(bs: int, mbt: int) -> None:
+        # the two knobs are plain attributes read by plan_batches(); one model, no reload
+        embedder.batch_size = bs
+        embedder.max_batch_tokens = max(mbt, embedder.max_length)
+
+    cases: list[Case] = []
+    meta: dict[str, dict[str, Any]] = {}  # case name -> contender, workload, params
+
+    def add(contender: str, kind: str, fn: Callable[[], Any], warm: Callable[[], Any], **params: Any) -> None:
+        name = f"{contender} | {kind}"
+        cases.append(Case(name, fn, len(texts[kind]), warm))
+        meta[name] = {"contender": contender, "workload": kind, **params}
+
+    for kind in WORKLOADS:
+        tx = texts[kind]
+        warm_tx = tx[:16]
+
+        def one_per_call(tx: list[str] = tx) -> None:
+            for t in tx:
+                embedder.embed([t])
+
+        add("one-per-call", kind, one_per_call, lambda w=warm_tx: [embedder.embed([t]) for t in w], kind_="a")
+        for b in st_batches:
+            def st_run(tx: list[str] = tx, b: int = b) -> None:
+                st_model.encode(tx, batch_size=b, normalize_embeddings=True, show_progress_bar=False,
+                                convert_to_numpy=True)
+
+            def st_warm(w: list[str] = tx[:b], b: int = b) -> None:
+                st_model.encode(w, batch_size=b, normalize_embeddings=True, show_progress_bar=False)
+
+            add(f"sentence-transformers bs={b}", kind, st_run, st_warm, kind_="b", batch_size=b)
+        for bs, mbt in our_settings:
+            def ours(tx: list[str] = tx, bs: int = bs, mbt: int = mbt) -> None:
+                set_ours(bs, mbt)
+                embedder.embed(tx)
+
+            def ours_warm(w: list[str] = tx[:bs], bs: int = bs, mbt: int = mbt) -> None:
+                set_ours(bs, mbt)
+                embedder.embed(w)
+
+            add(f"ours bs={bs} mbt={mbt}", kind, ours, ours_warm, kind_="c", batch_size=bs, max_batch_tokens=mbt)
+
+    pools: dict[int, list[Any]] = {}
+    ray_started = None
+    if not args.no_actors:
+        import ray
+
+        from actors.remote import EmbeddingActor
+        from cluster.config import EmbeddingConfig
+
+        t0 = time.perf_counter()
+        init_ray(num_cpus=cores)
+        config = EmbeddingConfig(model=args.model, device="cpu", dtype="float32")
+        for n in range(1, max_actors + 1):
+            per_actor = max(1, cores // n)
+            # num_cpus=0: every pool stays alive for the interleaved rounds and
+            # only one pool works at a time, so reservations would only block.
+            pools[n] = [
+                EmbeddingActor.options(num_cpus=0).remote(config, per_actor, "WARNING") for _ in range(n)
+            ]
+        ray.get([a.info.remote() for pool in pools.values() for a in pool])
+        ray_started = round(time.perf_counter() - t0, 1)
+        for n, pool in pools.items():
+            per_actor = max(1, cores // n)
+            for kind in WORKLOADS:
+                # at least 4 chunks per actor, so the last chunk does not leave the others idle
+                chunk = max(1, min(args.chunk, math.ceil(len(texts[kind]) / (4 * n))))
+                run = actor_pool_runner(pool, texts[kind], chunk)
+                warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16)
+                add(f"actors x{n} ({per_actor} thr)", kind, run, warm, kind_="d", actors=n,
+                    threads_per_actor=per_actor, chunk=chunk)
+
+    phases["setup_s"] = round(time.perf_counter() - t_start, 1)
+    print(f"{len(cases)} cases x ({trials} trials + 1 small warm-up), {threads} torch threads, "
+          f"texts {sizes}, tokens {tokens} (setup {phases['setup_s']} s)")
+    t0 = time.perf_counter()
+    results = Trials(trials=trials, warmup=1).run_interleaved(cases)
+    phases["trials_s"] = round(time.perf_counter() - t0, 1)
+    set_ours(default_bs, default_mbt)
+
+    # agreement with sentence-transformers (sanity check: same model, same pooling)
+    import numpy as np
+
+    agreement = {}
+    for kind in WORKLOADS:
+        sample = texts[kind][:64]
+        a = embedder.embed(sample)
+        b = st_model.encode(sample, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        agreement[kind] = round(float(np.min(np.sum(a * b, axis=1))), 6)
+
+    if pools:
+        import ray
+
+        actor_stats = {n: ray.get([a.stats.remote() for a in pool]) for n, pool in pools.items()}
+        ray.shutdown()
+    else:
+        actor_stats = {}
+
+    # -- padding: padded tokens / real tokens each contender's batching implies ---------
+    ids_by_kind = {kind: [len(x) for x in embedder.tokenize(texts[kind])[0]] for kind in WORKLOADS}
+
+    def padded_ratio(groups: list[list[int]], lengths: list[int]) -> float:
+        real = sum(lengths)
+        return round(sum(len(g) * max(lengths[i] for i in g) for g in groups) / real, 3) if real else 1.0
+
+    def st_groups(tx: list[str], b: int) -> list[list[int]]:
+        # sentence-transformers sorts by character length (longest first), then cuts every b texts
+        order = sorted(range(len(tx)), key=lambda i: -len(tx[i]))
+        return [order[i : i + b] for i in range(0, len(order), b)]
+
+    padding: dict[str, dict[str, float]] = {}
+    for name, m in meta.items():
+        kind, lengths = m["workload"], ids_by_kind[m["workload"]]
+        if m["kind_"] == "a":
+            ratio = 1.0
+        elif m["kind_"] == "b":
+            ratio = padded_ratio(st_groups(texts[kind], m["batch_size"]), lengths)
+        elif m["kind_"] == "c":
+            set_ours(m["batch_size"], m["max_batch_tokens"])
+            ratio = padded_ratio(embedder.plan_batches(lengths), lengths)
+        else:  # actors: each chunk (input order) is planned separately with the config defaults
+            set_ours(default_bs, default_mbt)
+            groups = []
+            for start in range(0, len(lengths), m["chunk"]):
+                part = lengths[start : start + m["chunk"]]
+                groups += [[start + i for i in g] for g in embedder.plan_batches(part)]
+            ratio = padded_ratio(groups, lengths)
+        padding.setdefault(m["contender"], {})[kind] = ratio
+    set_ours(default_bs, default_mbt)
+
+    # -- summarise -------------------------------------------------------------
+    by: dict[str, dict[str, TrialResult]] = {}
+    for name, res in results.items():
+        m = meta[name]
+        res.extra.update({k: v for k, v in m.items() if k != "kind_"})
+        res.extra["tokens_per_trial"] = tokens[m["workload"]]
+        res.extra["padded_over_real_tokens"] = padding[m["contender"]][m["workload"]]
+        by.setdefault(m["contender"], {})[m["workload"]] = res
+
+    def rate(contender: str, kind: str) -> float:
+        return by[contender][kind].headline_rate
+
+    contenders = list(by)
+    st_names = [c for c in contenders if c.startswith("sentence-transformers")]
+    our_names = [c for c in contenders if c.startswith("ours")]
+    actor_names = [c for c in contenders if c.startswith("actors")]
+    default_name = f"ours bs={default_bs} mbt={default_mbt}"
+    ratios: dict[str, dict[str, Any]] = {}
+    for kind in WORKLOADS:
+        st_best = max(st_names, key=lambda c: rate(c, kind))
+        ours_best = max(our_names, key=lambda c: rate(c, kind))
+        one = rate("one-per-call", kind)
+        r: dict[str, Any] = {
+            "sentence_transformers_best": st_best,
+            "ours_best": ours_best,
+            "ours_best_over_st_best": round(rate(ours_best, kind) / rate(st_best, kind), 3),
+            "ours_best_over_one_per_call": round(rate(ours_best, kind) / one, 3),
+            "st_best_over_one_per_call": round(rate(st_best, kind) / one, 3),
+        }
+        if default_name in by:
+            r["ours_default"] = default_name
+            r["ours_default_over_st_best"] = round(rate(default_name, kind) / rate(st_best, kind), 3)
+            r["ours_default_over_one_per_call"] = round(rate(default_name, kind) / one, 3)
+        if actor_names:
+            actors_best = max(actor_names, key=lambda c: rate(c, kind))
+            r["actors_best"] = actors_best
+            r["actors_best_over_st_best"] = round(rate(actors_best, kind) / rate(st_best, kind), 3)
+            r["actors_best_over_one_per_call"] = round(rate(actors_best, kind) / one, 3)
+            r["actors_best_over_ours_best"] = round(rate(actors_best, kind) / rate(ours_best, kind), 3)
+        ratios[kind] = r
+
+    rows = []
+    for c in contenders:
+        row: list[Any] = [c]
+        for kind in WORKLOADS:
+            res = by[c][kind]
+            lo, hi = min(res.rates), max(res.rates)
+            flag = "" if not res.contaminated else "*"
+            row += [f"{res.headline_rate:,.1f}{flag}", tokens[kind] / len(texts[kind]) * res.headline_rate,
+                    f"{lo:.0f}-{hi:.0f} ({len(res.clean_rates())}/{len(res.rates)})", padding[c][kind]]
+        others = [x for k in WORKLOADS for x in [by[c][k].cpu_median("other_cores")] if x is not None]
+        row.append(statistics.median(others) if others else None)
+        rows.append(row)
+    columns = ["contender"]
+    for kind in WORKLOADS:
+        columns += [f"{kind} sent/s", f"{kind} tok/s", f"{kind} all trials (clean)", f"{kind} pad"]
+    columns.append("others' load (cores)")
+    table = print_table(
+        f"Embedding throughput ({threads} torch threads, {embedder.model_name}, float32): median of the clean "
+        f"trials of {trials} (others' load <= {CLEAN_MAX_OTHER_CORES} cores; * = none clean, best trial shown); "
+        "pad = padded/real tokens",
+        columns, rows,
+    )
+    ratio_rows = [
+        [k, r["sentence_transformers_best"], r["ours_best"], r["ours_best_over_st_best"],
+         r.get("ours_default_over_st_best"), r["ours_best_over_one_per_call"],
+         r.get("actors_best", "-"), r.get("actors_best_over_st_best"), r.get("actors_best_over_one_per_call")]
+        for k, r in ratios.items()
+    ]
+    ratio_table = print_table(
+        "Ratios (sentences/s)",
+        ["workload", "ST best", "ours best", "ours/ST", "ours default/ST", "ours/one-per-call", "actors best",
+         "actors/ST", "actors/one-per-call"],
+        ratio_rows,
+    )
+
+    elapsed = round(time.perf_counter() - t_start, 1)
+    data = {
+        "benchmark": "embed",
+        "command": command_line("benchmarks.bench_embed"),
+        "quick": args.quick,
+        "elapsed_s": elapsed,
+        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "contention_note": (
+            "others' load = median CPU cores busy with processes outside this benchmark's process tree "
+            "during a trial (from /proc/stat); above ~0.2 on a 2-core machine the wall-clock rates are "
+            "depressed by sharing the CPU"
+        ),
+        "model": {
+            "name": args.model,
+            "path": os.path.basename(os.path.dirname(model_path)) + "/" + os.path.basename(model_path),
+            "dimension": embedder.dimension,
+            "max_length": embedder.max_length,
+            "sentence_transformers_max_seq_length": st_model.max_seq_length,
+        },
+        "dtype": embedder.dtype_name,
+        "device": str(embedder.device),
+        "settings": {
+            "torch_threads": threads,
+            "trials": trials,
+            "warmup": "1 untimed round per contender on a small slice (16..128 texts) of the same workload",
+            "order": "interleaved: each trial round runs every contender once",
+            "workloads": {
+                k: {"texts": len(texts[k]), "mean_words": words[k], "tokens": tokens[k],
+                    "mean_tokens": round(tokens[k] / len(texts[k]), 1), "truncated": truncated[k]}
+                for k in WORKLOADS
+            },
+            "sentence_transformers_batch_sizes": st_batches,
+            "ours_settings": [{"batch_size": b, "max_batch_tokens": m} for b, m in our_settings],
+            "ours_default": {"batch_size": default_bs, "max_batch_tokens": default_mbt},
+            "actor_pools": {n: {"actors": n, "threads_per_actor": max(1, cores // n)} for n in pools},
+            "actor_chunk": f"min({args.chunk}, ceil(texts / (4 x actors))) texts per call, at most 2 calls "
+                           "in flight per actor (EmbeddingActor max_concurrency)",
+            "phases_s": phases,
+            "ray_start_and_actor_load_s": ray_started,
+        },
+        "results": {c: {k: by[c][k].summary() for k in WORKLOADS} for c in contenders},
+        "headline_note": (
+            f"medians_* = median rate of the clean trials (others' load <= {CLEAN_MAX_OTHER_CORES} cores), "
+            "or the best trial when no trial was clean; ratios use these; medians_all_trials_* ignore load"
+        ),
+        # the key benchmarks.sizing reads (per contender and workload): headline rates
+        "medians_sentences_per_s": {c: {k: round(rate(c, k), 2) for k in WORKLOADS} for c in contenders},
+        "medians_tokens_per_s": {
+            c: {k: round(tokens[k] / len(texts[k]) * rate(c, k), 1) for k in WORKLOADS} for c in contenders
+        },
+        "medians_all_trials_sentences_per_s": {
+            c: {k: round(by[c][k].median_rate, 2) for k in WORKLOADS} for c in contenders
+        },
+        "padded_over_real_tokens": padding,
+        "ratios": ratios,
+        "agreement_min_cosine_vs_sentence_transformers": agreement,
+        "actor_stats": actor_stats,
+        "tables": [table, ratio_table],
+    }
+    write_json(out, data)
+
+    # plot: tokens/s (comparable across workloads); one-per-call, ST best, ours, actors
+    def bar(c: str) -> tuple[list[float | None], list[tuple[float, float] | None]]:
+        per_text = [tokens[k] / len(texts[k]) for k in WORKLOADS]
+        return ([t * rate(c, k) for t, k in zip(per_text, WORKLOADS)],
+                [(t * min(by[c][k].rates), t * max(by[c][k].rates)) for t, k in zip(per_text, WORKLOADS)])
+
+    series: dict[str, list[float | None]] = {}
+    errors: dict[str, list[tuple[float, float] | None]] = {}
+    series["one-per-call"], errors["one-per-call"] = bar("one-per-call")
+    best_bs = [max(st_names, key=lambda c: rate(c, k)) for k in WORKLOADS]
+    st_label = "sentence-transformers best (bs " + "/".join(c.split("=")[1] for c in best_bs) + ")"
+    series[st_label] = [bar(c)[0][i] for i, c in enumerate(best_bs)]
+    errors[st_label] = [bar(c)[1][i] for i, c in enumerate(best_bs)]
+    for c in [*our_names, *actor_names]:
+        series[c], errors[c] = bar(c)
+    plot_bars(
+        out.with_suffix(".png"),
+        f"Embedding throughput ({embedder.model_name}, {threads} threads, {machine['cpu_model']}); "
+        f"clean-trial median of {trials}, whiskers min-max",
+        [f"{k} ({tokens[k] / len(texts[k]):.0f} tok/text)" for k in WORKLOADS],
+        series, "tokens/s (no padding)", errors,
+    )
+    print(f"done in {elapsed:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
