@@ -23,7 +23,7 @@ import click
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported anywhere
 
 from cluster.config import Config, ConfigError, config_from_dict, load_config  # noqa: E402
-from cluster.logs import setup_logging  # noqa: E402
+from cluster.logs import error_line, setup_logging  # noqa: E402
 
 log = logging.getLogger("embedcluster")
 
@@ -75,7 +75,7 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         specs = inspect_source(config.source, config.tables)
     except SourceError as exc:
         fail(str(exc))
-    if config.sink.kind == "qdrant" and not config.sink.url:
+    if config.sink.kind == "qdrant" and not config.sink.url and config.sink.path != ":memory:":
         # actors may run with another working directory
         config.sink.path = str(Path(config.sink.path).resolve())
     preflight_sink(config)
@@ -107,7 +107,7 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
             try:
                 running.stats(timeout=30)
             except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
-                click.echo(f"error: the pipeline coordinator stopped: {runtime.unwrap(exc)}", err=True)
+                click.echo(f"error: the pipeline coordinator stopped: {error_line(exc)}", err=True)
                 running = None
                 sys.exit(1)
     finally:
@@ -119,7 +119,7 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
                     f"{stats['rows_applied']} rows applied this run"
                 )
             except Exception as exc:  # noqa: BLE001
-                click.echo(f"error: clean stop failed: {runtime.unwrap(exc)}", err=True)
+                click.echo(f"error: clean stop failed: {error_line(exc)}", err=True)
         runtime.shutdown()
 
 

@@ -52,7 +52,7 @@ class SourceConfig(_Section):
     slot: str = "embedcluster"
     publication: str = "embedcluster"
     #: upper bound on changes in one batch handed to the embedders
-    max_batch_changes: int = Field(default=512, ge=1, le=100_000)
+    max_batch_changes: int = Field(default=256, ge=1, le=100_000)
     #: rows per primary-key chunk while backfilling existing rows
     backfill_chunk: int = Field(default=1000, ge=1, le=100_000)
 

@@ -25,9 +25,9 @@ from typing import Any
 import ray
 
 from actors.changes import format_lsn
-from actors.source_schema import SourceError, connect, slot_info
+from actors.source_schema import connect, slot_info
 from cluster.config import Config
-from cluster.logs import setup_logging
+from cluster.logs import error_line, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ class PipelineCoordinator:
         self.slot = config.source.slot
         self.window = config.inflight_batches
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._next_embedder = 0
         self.state = "starting"
         self.last_error: str | None = None
@@ -112,7 +111,7 @@ class PipelineCoordinator:
                 break  # clean stop
             except Exception as exc:  # noqa: BLE001 - recover by replaying from the slot
                 self.errors += 1
-                self.last_error = _one_line(exc)
+                self.last_error = error_line(exc, with_type=True)
                 self.state = "recovering"
                 log.error(
                     "slot %s: pipeline failed (%s); replaying from confirmed LSN %s in %.0f s",
@@ -194,8 +193,6 @@ class PipelineCoordinator:
         if result.snapshot_complete:
             self.state = "streaming"
             log.info("slot %s: backfill written (%d rows); streaming", self.slot, self.backfill_rows)
-        elif self.state == "recovering":
-            self.state = "streaming"
 
     def _embedder(self) -> Any:
         handle = self.embedders[self._next_embedder % len(self.embedders)]
@@ -216,8 +213,8 @@ class PipelineCoordinator:
                 )
             info = slot_info(self._stats_conn, self.slot)
             self._slot_stats = {"confirmed_lsn": format_lsn(info.confirmed_lsn), "lag_bytes": info.lag_bytes}
-        except (SourceError, Exception) as exc:  # noqa: BLE001 - stats must never stop the pipeline
-            log.warning("slot %s: cannot read slot status: %s", self.slot, _one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - stats must never stop the pipeline
+            log.warning("slot %s: cannot read slot status: %s", self.slot, error_line(exc, with_type=True))
             self._stats_conn = None
 
     def stats(self) -> dict[str, Any]:
@@ -237,14 +234,6 @@ class PipelineCoordinator:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _one_line(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    if cause is not None:
-        exc = cause
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 @ray.remote(num_cpus=0, max_concurrency=8)

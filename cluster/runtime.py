@@ -10,6 +10,7 @@ from typing import Any
 
 from actors.source_schema import TableSpec
 from cluster.config import Config
+from cluster.logs import error_line
 from cluster.pipeline import NAMESPACE, PIPELINE_ACTOR, WRITER_ACTOR
 
 log = logging.getLogger(__name__)
@@ -21,18 +22,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 class StartupError(RuntimeError):
     """A component failed to start; the message is the cause in one line."""
-
-
-def unwrap(exc: BaseException) -> str:
-    """The user-facing line of an error raised inside an actor."""
-    cause = getattr(exc, "cause", None)
-    while cause is not None and getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    err = cause or exc
-    text = str(err).strip()
-    if "Traceback" in text:
-        text = [line for line in text.splitlines() if line.strip()][-1]
-    return text.splitlines()[-1] if text else type(err).__name__
 
 
 def init_ray(config: Config, log_level: str) -> None:
@@ -116,7 +105,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     except Exception as exc:  # noqa: BLE001 - report the cause in one line
         for handle in [reader, writer, *embedders]:
             ray.kill(handle)
-        raise StartupError(unwrap(exc)) from None
+        raise StartupError(error_line(exc)) from None
     log.info(
         "embedding pool: %d actor(s) on %s (%s), %d threads each, dim %d",
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, dimension,
@@ -140,7 +129,7 @@ def deploy_search(config: Config, running: RunningPipeline, log_level: str = "IN
     try:
         serve.run(app, name="embedcluster", route_prefix="/", logging_config=quiet)
     except Exception as exc:  # noqa: BLE001
-        raise StartupError(f"search app failed to start: {unwrap(exc)}") from None
+        raise StartupError(f"search app failed to start: {error_line(exc)}") from None
     return f"http://{config.serve.host}:{config.serve.port}"
 
 

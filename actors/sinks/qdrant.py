@@ -44,6 +44,9 @@ class QdrantSink(VectorSink):
                 api_key = config.api_key.get_secret_value() if config.api_key else None
                 self.client = QdrantClient(url=config.url, api_key=api_key, timeout=30)
                 self.client.get_collections()  # fail fast on a bad URL
+            elif config.path == ":memory:":
+                # not durable: for benchmarks that isolate the pipeline from storage cost
+                self.client = QdrantClient(location=":memory:")
             else:
                 Path(config.path).mkdir(parents=True, exist_ok=True)
                 self.client = QdrantClient(path=config.path)

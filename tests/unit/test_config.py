@@ -108,7 +108,7 @@ def test_defaults(tmp_path):
     config = load_config(write(tmp_path, MINIMAL), environ={})
     assert config.source.slot == "embedcluster"
     assert config.source.publication == "embedcluster"
-    assert config.source.max_batch_changes == 512
+    assert config.source.max_batch_changes == 256
     assert config.source.backfill_chunk == 1000
     # unqualified table names get the public schema
     assert config.tables[0].name == "public.books"

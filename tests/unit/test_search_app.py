@@ -76,3 +76,4 @@ def test_hit_json_is_json_serialisable():
 
     out = json.loads(json.dumps(hit_json(SearchHit("public.t", [1, "x"], 0.25, {"a": [1, None]}))))
     assert out == {"table": "public.t", "id": [1, "x"], "score": 0.25, "payload": {"a": [1, None]}}
+
