@@ -76,10 +76,11 @@ def plan(rate_by_actors: dict[int, float], target: float, efficiency: float, sca
     per_actor_eff = {n: r / (n * single) for n, r in rate_by_actors.items()}
     worst = min(per_actor_eff.values())
     measured_max = 1 if scale_out else max(rate_by_actors)
+    node = max(rate_by_actors.values())  # CPU: a node's best measured layout of actors
 
     def pool_rate(n: int) -> float:
         if scale_out:
-            return n * single * efficiency
+            return n * node * efficiency
         if n in rate_by_actors:
             return rate_by_actors[n] * efficiency
         return n * single * worst * efficiency
@@ -88,7 +89,7 @@ def plan(rate_by_actors: dict[int, float], target: float, efficiency: float, sca
     while pool_rate(n) < target and n < 100_000:
         n += 1
     return {
-        "per_actor_rows_per_s": round(single * efficiency, 2),
+        "per_actor_rows_per_s": round((node if scale_out else single) * efficiency, 2),
         "scaling_efficiency": {str(k): round(v, 3) for k, v in sorted(per_actor_eff.items())},
         "extrapolated": n > measured_max,
         "actors": n,
@@ -146,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if p["extrapolated"]:
             extra = (" (nodes assumed to add up; actors sharing this machine's cores measured as scaling)" if not p["gpus"]
                      else " (beyond the largest pool measured: scaled with the worst measured efficiency)")
-        units = f"{p['actors']} actor(s)" + (f" = {p['gpus']} GPU(s)" if p["gpus"] else " = that many CPU nodes like this one")
-        print(f"- {p['hardware']} [{p['source']}]: one actor {p['per_actor_rows_per_s']:g} rows/s, "
+        units = f"{p['gpus']} GPU(s), one actor each" if p["gpus"] else f"{p['actors']} CPU node(s) like this one"
+        unit = "one GPU actor" if p["gpus"] else "one node (best actor layout measured)"
+        print(f"- {p['hardware']} [{p['source']}]: {unit} {p['per_actor_rows_per_s']:g} rows/s end to end, "
               f"scaling {p['scaling_efficiency']}; need {units} -> {p['pool_rows_per_s']:g} rows/s{extra}; "
               f"backfill {p['backfill_hours'] * 60:.1f} min")
     return 0
