@@ -107,10 +107,8 @@ class SearchApp:
             model=embedding.model, device=device, threads=threads, max_length=embedding.max_length,
             batch_size=32, dtype="float32" if device == "cpu" else embedding.dtype,
         )
-        self.sink = None
-        probe = SinkConfig.model_validate(sink.model_dump())
-        if probe.kind == "mysql" or probe.url:
-            self.sink = open_sink(sink)
+        # a shared store is searched from here; embedded Qdrant only through its owner, the writer
+        self.sink = open_sink(sink) if sink.kind == "mysql" or sink.url else None
         self.writer = writer
         self.pipeline = pipeline
         self.page = resources.files("serve_apps").joinpath("search.html").read_text(encoding="utf-8")
