@@ -264,27 +264,22 @@ class PgOutputDecoder:
         for name, conv in plan[:n] if n < len(plan) else plan:
             kind = buf[pos]
             pos += 1
-            if kind == _KIND_T:
+            if kind == _KIND_T or kind == _KIND_B:  # length-prefixed value: text or binary
                 size = _I32(buf, pos)[0]
                 pos += 4
                 end = pos + size
                 if end > end_of_buf or size < 0:
                     raise ProtocolError("message truncated")
-                text = buf[pos:end].decode("utf-8")
+                if kind == _KIND_T:
+                    text = buf[pos:end].decode("utf-8")
+                    row[name] = text if conv is None else conv(text)
+                else:
+                    row[name] = buf[pos:end]
                 pos = end
-                row[name] = text if conv is None else conv(text)
             elif kind == _KIND_N:
                 row[name] = None
             elif kind == _KIND_U:
                 row[name] = UNCHANGED_TOAST
-            elif kind == _KIND_B:
-                size = _I32(buf, pos)[0]
-                pos += 4
-                end = pos + size
-                if end > end_of_buf or size < 0:
-                    raise ProtocolError("message truncated")
-                row[name] = buf[pos:end]
-                pos = end
             else:
                 raise ProtocolError(f"unknown tuple column kind {chr(kind)!r}")
         return row, pos
