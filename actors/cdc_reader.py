@@ -333,7 +333,7 @@ class PgChangeSource:
         unchanged = self._remember(_cache_key(spec.name, key), text) and event.kind == "U"
         out.append(Change("upsert", spec.name, key, text, payload, lsn, text_unchanged=unchanged))
 
-    def _remember(self, pid: str, text: str) -> bool:
+    def _remember(self, pid: Any, text: str) -> bool:
         """Record the text emitted for ``pid``; True if it equals the previous one."""
         digest = text_hash(text)
         same = self._emitted.get(pid) == digest
