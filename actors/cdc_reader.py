@@ -39,7 +39,7 @@ from actors.pgoutput import (
     parse_copy_message,
     standby_status,
 )
-from actors.source_schema import SourceError, TableSpec, connect, ensure_publication
+from actors.source_schema import SourceError, TableSpec, connect, drop_slot, ensure_publication
 from cluster.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -147,18 +147,8 @@ class PgChangeSource:
 
     def _drop_slot_if_exists(self) -> None:
         with connect(self.source.dsn_value, self.source.dsn_masked, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
-            ).fetchone()
-            if row is None:
-                return
-            if row[0] is not None:
-                raise SourceError(
-                    f"replication slot {self.slot} is in use by process {row[0]}; stop the other "
-                    "embedcluster run using it, or choose another source.slot"
-                )
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
-            log.info("dropped slot %s to take a fresh snapshot", self.slot)
+            if drop_slot(conn, self.slot):
+                log.info("dropped slot %s to take a fresh snapshot", self.slot)
 
     def _simple(self, command: str) -> pq.abc.PGresult:
         """Run a replication command (simple query protocol only) and check it."""

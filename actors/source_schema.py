@@ -210,6 +210,24 @@ def _quote_table(name: str) -> str:
     return f'"{schema}"."{table}"'
 
 
+def drop_slot(conn: psycopg.Connection, slot: str) -> bool:
+    """Drop ``slot`` if it exists; False if there was none.
+
+    Refuses (SourceError) while a walsender uses it: dropping it from under a
+    running pipeline would lose that pipeline's position.
+    """
+    row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    if row is None:
+        return False
+    if row[0] is not None:
+        raise SourceError(
+            f"replication slot {slot} is in use by process {row[0]}; stop the embedcluster run using it, "
+            "or choose another source.slot"
+        )
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    return True
+
+
 @dataclass(slots=True)
 class SlotInfo:
     slot: str

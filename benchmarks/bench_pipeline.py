@@ -33,7 +33,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from benchmarks.bench_embed import make_texts  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    Trials,
     command_line,
     machine_info,
     plot_bars,
@@ -252,14 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     try:
         bench.start()
-        trials = Trials(trials=args.trials, warmup=1)
         warm = bench.texts(200)
         # interleave embed-only and burst trials so drifts on a shared machine hit both
         embed_texts = bench.texts(rows)
         results: dict[str, list[float]] = {"embed_only": [], "burst": []}
         bench.embed_only(warm)
         bench.burst(bench.texts(200))
-        for _ in range(trials.trials):
+        for _ in range(args.trials):
             t0 = time.perf_counter()
             bench.embed_only(embed_texts)
             results["embed_only"].append(rows / (time.perf_counter() - t0))

@@ -224,7 +224,7 @@ def status(config_path: str) -> None:
 @click.option("--yes", is_flag=True, help="really drop them")
 def drop(config_path: str, yes: bool) -> None:
     """Drop the replication slot and the publication (the next run backfills again)."""
-    from actors.source_schema import SourceError, connect
+    from actors.source_schema import SourceError, connect, drop_slot
 
     config = _load(config_path)
     if not yes:
@@ -233,14 +233,7 @@ def drop(config_path: str, yes: bool) -> None:
     slot, pub = config.source.slot, config.source.publication
     try:
         with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
-            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-            if row is not None and row[0] is not None:
-                fail(f"slot {slot} is in use by process {row[0]}; stop embedcluster run first")
-            if row is not None:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                click.echo(f"dropped slot {slot}")
-            else:
-                click.echo(f"slot {slot} does not exist")
+            click.echo(f"dropped slot {slot}" if drop_slot(conn, slot) else f"slot {slot} does not exist")
             exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
             if exists:
                 conn.execute(f'DROP PUBLICATION "{pub}"')

@@ -107,6 +107,8 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         )
         assert "slot:          embedcluster" in status.stdout and "active:        yes" in status.stdout
         assert "pipeline:      streaming" in status.stdout and "rows applied:  " in status.stdout
+        busy = _cli("drop", "--config", str(config), "--yes")  # the running pipeline holds the slot
+        assert busy.returncode == 2 and "in use by process" in busy.stderr, busy.stderr
     finally:
         rc = app.cli.stop(signal.SIGTERM)
     assert rc == 0, app.cli.output()[-3000:]
