@@ -3,7 +3,7 @@
 Run::
 
     python -m benchmarks.bench_embed            # default run, < 10 min on 2 cores
-    python -m benchmarks.bench_embed --quick    # < 2 min on 2 cores
+    python -m benchmarks.bench_embed --quick    # < 3 min on 2 cores
     python -m benchmarks.bench_embed --max-actors 4 --trials 5 --out benchmarks/results/embed_cpu.json
 
 Three synthetic workloads (deterministic pseudo-English from a fixed word list
@@ -20,6 +20,12 @@ same number of torch threads for every contender:
 (d) ``actors xN``: N ``EmbeddingActor`` Ray actors (threads = cores // N each)
     fed chunks of texts in parallel (dynamic: an actor that finishes gets the
     next chunk), including the Ray transport of texts and vectors.
+
+Every contender runs at each precision of ``--dtypes``: float32, and also
+bfloat16 where the CPU multiplies bf16 natively (AVX512-BF16 / AMX), since that
+is what ``embedding.dtype = "auto"`` runs there.  Ratios are reported at the same
+precision (what batching and scheduling alone give) and "as configured" (the
+auto precision against the usual float32 ways).
 
 Contenders run interleaved (round-robin per trial) so load from other
 processes on a shared machine hits all of them alike.  Rates are sentences/s
@@ -144,9 +150,15 @@ def actor_pool_runner(actors: list[Any], texts: list[str], chunk: int) -> Callab
     return run
 
 
+TAGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from actors.embedder import cpu_has_native_bf16, resolve_dtype
+
+    native_bf16 = cpu_has_native_bf16()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_embed", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small workloads, fewer settings (< 2 min on 2 cores)")
+    ap.add_argument("--quick", action="store_true", help="small workloads, fewer settings (< 3 min on 2 cores)")
     ap.add_argument("--out", default=None, help="JSON result path (PNG written next to it)")
     ap.add_argument("--max-actors", type=int, default=0, help="largest actor pool (default: cores)")
     ap.add_argument("--trials", type=int, default=0, help="timed trials per contender (default 3, quick 2)")
@@ -154,7 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=64, help="texts per actor call (default 64)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--no-actors", action="store_true", help="skip the Ray actor pool")
+    ap.add_argument(
+        "--dtypes", default="float32,bfloat16" if native_bf16 else "float32",
+        help="comma-separated precisions; every contender runs at each (default: float32, plus bfloat16 "
+             "where the CPU has native bf16, which is what embedding.dtype = auto picks there)",
+    )
     args = ap.parse_args(argv)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in TAGS:
+            ap.error(f"--dtypes: unknown precision {d!r} (choose from {', '.join(TAGS)})")
+    if "float32" not in dtypes:
+        dtypes.insert(0, "float32")  # the baseline every ratio refers to
 
     logging.basicConfig(level=logging.WARNING)
     cores = usable_cores()
@@ -172,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     machine = machine_info()
+    auto_dtype = resolve_dtype("auto", "cpu")
 
     import torch
 
@@ -179,11 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     from actors.embedder import Embedder, resolve_model_path
 
     model_path = resolve_model_path(args.model)
-    embedder = Embedder(model=args.model, device="cpu", threads=threads, dtype="float32")
+    embedders = {d: Embedder(model=args.model, device="cpu", threads=threads, dtype=d) for d in dtypes}
+    embedder = embedders["float32"]  # tokenizer, batching plan and padding are the same for every dtype
     default_bs, default_mbt = embedder.batch_size, embedder.max_batch_tokens
     from sentence_transformers import SentenceTransformer
 
-    st_model = SentenceTransformer(model_path, device="cpu")
+    st_models = {}
+    for d in dtypes:
+        st_models[d] = SentenceTransformer(model_path, device="cpu")
+        if d != "float32":
+            st_models[d].to(getattr(torch, d))
+    st_model = st_models["float32"]
     torch.set_num_threads(threads)  # in case a library changed it
     if st_model.max_seq_length != embedder.max_length:
         print(f"note: sentence-transformers max_seq_length {st_model.max_seq_length} != ours {embedder.max_length}")
@@ -198,49 +228,54 @@ def main(argv: list[str] | None = None) -> int:
         truncated[kind] = trunc
         words[kind] = round(statistics.mean(len(t.split()) for t in tx), 1)
 
-    def set_ours(bs: int, mbt: int) -> None:
+    def set_ours(e: Embedder, bs: int, mbt: int) -> None:
         # the two knobs are plain attributes read by plan_batches(); one model, no reload
-        embedder.batch_size = bs
-        embedder.max_batch_tokens = max(mbt, embedder.max_length)
+        e.batch_size = bs
+        e.max_batch_tokens = max(mbt, e.max_length)
 
     cases: list[Case] = []
-    meta: dict[str, dict[str, Any]] = {}  # case name -> contender, workload, params
+    meta: dict[str, dict[str, Any]] = {}  # case name -> contender, workload, dtype, params
 
     def add(contender: str, kind: str, fn: Callable[[], Any], warm: Callable[[], Any], **params: Any) -> None:
         name = f"{contender} | {kind}"
         cases.append(Case(name, fn, len(texts[kind]), warm))
         meta[name] = {"contender": contender, "workload": kind, **params}
 
-    for kind in WORKLOADS:
-        tx = texts[kind]
-        warm_tx = tx[:16]
+    for d in dtypes:
+        tag, emb, st = TAGS[d], embedders[d], st_models[d]
+        for kind in WORKLOADS:
+            tx = texts[kind]
+            warm_tx = tx[:16]
 
-        def one_per_call(tx: list[str] = tx) -> None:
-            for t in tx:
-                embedder.embed([t])
+            def one_per_call(tx: list[str] = tx, emb: Embedder = emb) -> None:
+                for t in tx:
+                    emb.embed([t])
 
-        add("one-per-call", kind, one_per_call, lambda w=warm_tx: [embedder.embed([t]) for t in w], kind_="a")
-        for b in st_batches:
-            def st_run(tx: list[str] = tx, b: int = b) -> None:
-                st_model.encode(tx, batch_size=b, normalize_embeddings=True, show_progress_bar=False,
-                                convert_to_numpy=True)
+            add(f"one-per-call {tag}", kind, one_per_call,
+                lambda w=warm_tx, emb=emb: [emb.embed([t]) for t in w], kind_="a", dtype=d)
+            for b in st_batches:
+                def st_run(tx: list[str] = tx, b: int = b, st: Any = st) -> None:
+                    st.encode(tx, batch_size=b, normalize_embeddings=True, show_progress_bar=False,
+                              convert_to_numpy=True)
 
-            def st_warm(w: list[str] = tx[:b], b: int = b) -> None:
-                st_model.encode(w, batch_size=b, normalize_embeddings=True, show_progress_bar=False)
+                def st_warm(w: list[str] = tx[:b], b: int = b, st: Any = st) -> None:
+                    st.encode(w, batch_size=b, normalize_embeddings=True, show_progress_bar=False)
 
-            add(f"sentence-transformers bs={b}", kind, st_run, st_warm, kind_="b", batch_size=b)
-        for bs, mbt in our_settings:
-            def ours(tx: list[str] = tx, bs: int = bs, mbt: int = mbt) -> None:
-                set_ours(bs, mbt)
-                embedder.embed(tx)
+                add(f"sentence-transformers bs={b} {tag}", kind, st_run, st_warm, kind_="b", batch_size=b,
+                    dtype=d)
+            for bs, mbt in our_settings:
+                def ours(tx: list[str] = tx, bs: int = bs, mbt: int = mbt, emb: Embedder = emb) -> None:
+                    set_ours(emb, bs, mbt)
+                    emb.embed(tx)
 
-            def ours_warm(w: list[str] = tx[:bs], bs: int = bs, mbt: int = mbt) -> None:
-                set_ours(bs, mbt)
-                embedder.embed(w)
+                def ours_warm(w: list[str] = tx[:bs], bs: int = bs, mbt: int = mbt, emb: Embedder = emb) -> None:
+                    set_ours(emb, bs, mbt)
+                    emb.embed(w)
 
-            add(f"ours bs={bs} mbt={mbt}", kind, ours, ours_warm, kind_="c", batch_size=bs, max_batch_tokens=mbt)
+                add(f"ours bs={bs} mbt={mbt} {tag}", kind, ours, ours_warm, kind_="c", batch_size=bs,
+                    max_batch_tokens=mbt, dtype=d)
 
-    pools: dict[int, list[Any]] = {}
+    pools: dict[tuple[str, int], list[Any]] = {}
     ray_started = None
     if not args.no_actors:
         import ray
@@ -250,48 +285,53 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         init_ray(num_cpus=cores)
-        config = EmbeddingConfig(model=args.model, device="cpu", dtype="float32")
-        for n in range(1, max_actors + 1):
-            per_actor = max(1, cores // n)
-            # num_cpus=0: every pool stays alive for the interleaved rounds and
-            # only one pool works at a time, so reservations would only block.
-            pools[n] = [
-                EmbeddingActor.options(num_cpus=0).remote(config, per_actor, "WARNING") for _ in range(n)
-            ]
+        for d in dtypes:
+            config = EmbeddingConfig(model=args.model, device="cpu", dtype=d)
+            for n in range(1, max_actors + 1):
+                per_actor = max(1, cores // n)
+                # num_cpus=0: every pool stays alive for the interleaved rounds and
+                # only one pool works at a time, so reservations would only block.
+                pools[(d, n)] = [
+                    EmbeddingActor.options(num_cpus=0).remote(config, per_actor, "WARNING") for _ in range(n)
+                ]
         ray.get([a.info.remote() for pool in pools.values() for a in pool])
         ray_started = round(time.perf_counter() - t0, 1)
-        for n, pool in pools.items():
+        for (d, n), pool in pools.items():
             per_actor = max(1, cores // n)
             for kind in WORKLOADS:
                 # at least 4 chunks per actor, so the last chunk does not leave the others idle
                 chunk = max(1, min(args.chunk, math.ceil(len(texts[kind]) / (4 * n))))
                 run = actor_pool_runner(pool, texts[kind], chunk)
                 warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16)
-                add(f"actors x{n} ({per_actor} thr)", kind, run, warm, kind_="d", actors=n,
-                    threads_per_actor=per_actor, chunk=chunk)
+                add(f"actors x{n} ({per_actor} thr) {TAGS[d]}", kind, run, warm, kind_="d", actors=n,
+                    threads_per_actor=per_actor, chunk=chunk, dtype=d)
 
     phases["setup_s"] = round(time.perf_counter() - t_start, 1)
-    print(f"{len(cases)} cases x ({trials} trials + 1 small warm-up), {threads} torch threads, "
+    print(f"{len(cases)} cases x ({trials} trials + 1 small warm-up), {threads} torch threads, dtypes {dtypes}, "
           f"texts {sizes}, tokens {tokens} (setup {phases['setup_s']} s)")
     t0 = time.perf_counter()
     results = Trials(trials=trials, warmup=1).run_interleaved(cases)
     phases["trials_s"] = round(time.perf_counter() - t0, 1)
-    set_ours(default_bs, default_mbt)
+    for e in embedders.values():
+        set_ours(e, default_bs, default_mbt)
 
-    # agreement with sentence-transformers (sanity check: same model, same pooling)
+    # agreement with sentence-transformers at float32 (same model, same pooling): the
+    # float32 Embedder should match it exactly, a bf16 one to ~1e-4
     import numpy as np
 
-    agreement = {}
-    for kind in WORKLOADS:
-        sample = texts[kind][:64]
-        a = embedder.embed(sample)
-        b = st_model.encode(sample, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-        agreement[kind] = round(float(np.min(np.sum(a * b, axis=1))), 6)
+    agreement: dict[str, dict[str, float]] = {}
+    for d, e in embedders.items():
+        agreement[TAGS[d]] = {}
+        for kind in WORKLOADS:
+            sample = texts[kind][:64]
+            a = e.embed(sample)
+            b = st_model.encode(sample, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+            agreement[TAGS[d]][kind] = round(float(np.min(np.sum(a * b, axis=1))), 6)
 
     if pools:
         import ray
 
-        actor_stats = {n: ray.get([a.stats.remote() for a in pool]) for n, pool in pools.items()}
+        actor_stats = {f"{TAGS[d]} x{n}": ray.get([a.stats.remote() for a in pool]) for (d, n), pool in pools.items()}
         ray.shutdown()
     else:
         actor_stats = {}
@@ -316,58 +356,81 @@ def main(argv: list[str] | None = None) -> int:
         elif m["kind_"] == "b":
             ratio = padded_ratio(st_groups(texts[kind], m["batch_size"]), lengths)
         elif m["kind_"] == "c":
-            set_ours(m["batch_size"], m["max_batch_tokens"])
+            set_ours(embedder, m["batch_size"], m["max_batch_tokens"])
             ratio = padded_ratio(embedder.plan_batches(lengths), lengths)
         else:  # actors: each chunk (input order) is planned separately with the config defaults
-            set_ours(default_bs, default_mbt)
+            set_ours(embedder, default_bs, default_mbt)
             groups = []
             for start in range(0, len(lengths), m["chunk"]):
                 part = lengths[start : start + m["chunk"]]
                 groups += [[start + i for i in g] for g in embedder.plan_batches(part)]
             ratio = padded_ratio(groups, lengths)
         padding.setdefault(m["contender"], {})[kind] = ratio
-    set_ours(default_bs, default_mbt)
+    set_ours(embedder, default_bs, default_mbt)
 
     # -- summarise -------------------------------------------------------------
     by: dict[str, dict[str, TrialResult]] = {}
+    contender_dtype: dict[str, str] = {}
     for name, res in results.items():
         m = meta[name]
         res.extra.update({k: v for k, v in m.items() if k != "kind_"})
         res.extra["tokens_per_trial"] = tokens[m["workload"]]
         res.extra["padded_over_real_tokens"] = padding[m["contender"]][m["workload"]]
         by.setdefault(m["contender"], {})[m["workload"]] = res
+        contender_dtype[m["contender"]] = m["dtype"]
 
     def rate(contender: str, kind: str) -> float:
         return by[contender][kind].headline_rate
 
     contenders = list(by)
-    st_names = [c for c in contenders if c.startswith("sentence-transformers")]
-    our_names = [c for c in contenders if c.startswith("ours")]
-    actor_names = [c for c in contenders if c.startswith("actors")]
-    default_name = f"ours bs={default_bs} mbt={default_mbt}"
-    ratios: dict[str, dict[str, Any]] = {}
-    for kind in WORKLOADS:
-        st_best = max(st_names, key=lambda c: rate(c, kind))
-        ours_best = max(our_names, key=lambda c: rate(c, kind))
-        one = rate("one-per-call", kind)
-        r: dict[str, Any] = {
-            "sentence_transformers_best": st_best,
-            "ours_best": ours_best,
-            "ours_best_over_st_best": round(rate(ours_best, kind) / rate(st_best, kind), 3),
-            "ours_best_over_one_per_call": round(rate(ours_best, kind) / one, 3),
-            "st_best_over_one_per_call": round(rate(st_best, kind) / one, 3),
-        }
-        if default_name in by:
-            r["ours_default"] = default_name
-            r["ours_default_over_st_best"] = round(rate(default_name, kind) / rate(st_best, kind), 3)
-            r["ours_default_over_one_per_call"] = round(rate(default_name, kind) / one, 3)
-        if actor_names:
-            actors_best = max(actor_names, key=lambda c: rate(c, kind))
-            r["actors_best"] = actors_best
-            r["actors_best_over_st_best"] = round(rate(actors_best, kind) / rate(st_best, kind), 3)
-            r["actors_best_over_one_per_call"] = round(rate(actors_best, kind) / one, 3)
-            r["actors_best_over_ours_best"] = round(rate(actors_best, kind) / rate(ours_best, kind), 3)
-        ratios[kind] = r
+
+    def names(prefix: str, d: str) -> list[str]:
+        return [c for c in contenders if c.startswith(prefix) and contender_dtype[c] == d]
+
+    def best(prefix: str, d: str, kind: str) -> str | None:
+        found = names(prefix, d)
+        return max(found, key=lambda c: rate(c, kind)) if found else None
+
+    # Same-precision ratios isolate batching and scheduling; the "as configured"
+    # ratios compare what `embedding.dtype = auto` runs against the usual float32 ways.
+    ratios: dict[str, dict[str, dict[str, Any]]] = {}
+    for d in dtypes:
+        tag = TAGS[d]
+        ratios[tag] = {}
+        default_name = f"ours bs={default_bs} mbt={default_mbt} {tag}"
+        for kind in WORKLOADS:
+            st_best, ours_best = best("sentence-transformers", d, kind), best("ours", d, kind)
+            one = rate(f"one-per-call {tag}", kind)
+            r: dict[str, Any] = {
+                "sentence_transformers_best": st_best,
+                "ours_best": ours_best,
+                "ours_best_over_st_best": round(rate(ours_best, kind) / rate(st_best, kind), 3),
+                "ours_best_over_one_per_call": round(rate(ours_best, kind) / one, 3),
+                "st_best_over_one_per_call": round(rate(st_best, kind) / one, 3),
+            }
+            if default_name in by:
+                r["ours_default"] = default_name
+                r["ours_default_over_st_best"] = round(rate(default_name, kind) / rate(st_best, kind), 3)
+                r["ours_default_over_one_per_call"] = round(rate(default_name, kind) / one, 3)
+            actors_best = best("actors", d, kind)
+            if actors_best:
+                r["actors_best"] = actors_best
+                r["actors_best_over_st_best"] = round(rate(actors_best, kind) / rate(st_best, kind), 3)
+                r["actors_best_over_one_per_call"] = round(rate(actors_best, kind) / one, 3)
+                r["actors_best_over_ours_best"] = round(rate(actors_best, kind) / rate(ours_best, kind), 3)
+            ratios[tag][kind] = r
+    as_configured: dict[str, dict[str, Any]] = {}
+    if auto_dtype in dtypes:
+        for kind in WORKLOADS:
+            pool = best("actors", auto_dtype, kind) or best("ours", auto_dtype, kind)
+            st_fp32 = best("sentence-transformers", "float32", kind)
+            one_fp32 = rate("one-per-call fp32", kind)
+            as_configured[kind] = {
+                "ours": pool,
+                "sentence_transformers_default_precision_best": st_fp32,
+                "over_st_best_fp32": round(rate(pool, kind) / rate(st_fp32, kind), 3),
+                "over_one_per_call_fp32": round(rate(pool, kind) / one_fp32, 3),
+            }
 
     rows = []
     for c in contenders:
@@ -386,23 +449,31 @@ def main(argv: list[str] | None = None) -> int:
         columns += [f"{kind} sent/s", f"{kind} tok/s", f"{kind} all trials (clean)", f"{kind} pad"]
     columns.append("others' load (cores)")
     table = print_table(
-        f"Embedding throughput ({threads} torch threads, {embedder.model_name}, float32): median of the clean "
-        f"trials of {trials} (others' load <= {CLEAN_MAX_OTHER_CORES} cores; * = none clean, best trial shown); "
-        "pad = padded/real tokens",
+        f"Embedding throughput ({threads} torch threads, {embedder.model_name}, {machine['cpu_model']}): median "
+        f"of the clean trials of {trials} (others' load <= {CLEAN_MAX_OTHER_CORES} cores; * = none clean, best "
+        "trial shown); pad = padded/real tokens",
         columns, rows,
     )
     ratio_rows = [
-        [k, r["sentence_transformers_best"], r["ours_best"], r["ours_best_over_st_best"],
+        [tag, k, r["sentence_transformers_best"], r["ours_best"], r["ours_best_over_st_best"],
          r.get("ours_default_over_st_best"), r["ours_best_over_one_per_call"],
          r.get("actors_best", "-"), r.get("actors_best_over_st_best"), r.get("actors_best_over_one_per_call")]
-        for k, r in ratios.items()
+        for tag, per_kind in ratios.items() for k, r in per_kind.items()
     ]
     ratio_table = print_table(
-        "Ratios (sentences/s)",
-        ["workload", "ST best", "ours best", "ours/ST", "ours default/ST", "ours/one-per-call", "actors best",
-         "actors/ST", "actors/one-per-call"],
+        "Ratios at the same precision (sentences/s)",
+        ["dtype", "workload", "ST best", "ours best", "ours/ST", "ours default/ST", "ours/one-per-call",
+         "actors best", "actors/ST", "actors/one-per-call"],
         ratio_rows,
     )
+    tables = [table, ratio_table]
+    if as_configured:
+        tables.append(print_table(
+            f"As configured (embedding.dtype = auto -> {auto_dtype} on this CPU) vs the usual float32 ways",
+            ["workload", "ours", "ST best fp32", "ours/ST fp32", "ours/one-per-call fp32"],
+            [[k, r["ours"], r["sentence_transformers_default_precision_best"], r["over_st_best_fp32"],
+              r["over_one_per_call_fp32"]] for k, r in as_configured.items()],
+        ))
 
     elapsed = round(time.perf_counter() - t_start, 1)
     data = {
@@ -410,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line("benchmarks.bench_embed"),
         "quick": args.quick,
         "elapsed_s": elapsed,
-        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "cpu_native_bf16": native_bf16},
         "contention_note": (
             "others' load = median CPU cores busy with processes outside this benchmark's process tree "
             "during a trial (from /proc/stat); above ~0.2 on a 2-core machine the wall-clock rates are "
@@ -423,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             "max_length": embedder.max_length,
             "sentence_transformers_max_seq_length": st_model.max_seq_length,
         },
-        "dtype": embedder.dtype_name,
+        # the precision a pipeline with embedding.dtype = auto runs here (benchmarks.sizing uses it)
+        "dtype": auto_dtype,
+        "dtypes": dtypes,
         "device": str(embedder.device),
         "settings": {
             "torch_threads": threads,
@@ -436,15 +510,18 @@ def main(argv: list[str] | None = None) -> int:
                 for k in WORKLOADS
             },
             "sentence_transformers_batch_sizes": st_batches,
+            "sentence_transformers_low_precision": "SentenceTransformer(...).to(torch.<dtype>)",
             "ours_settings": [{"batch_size": b, "max_batch_tokens": m} for b, m in our_settings],
             "ours_default": {"batch_size": default_bs, "max_batch_tokens": default_mbt},
-            "actor_pools": {n: {"actors": n, "threads_per_actor": max(1, cores // n)} for n in pools},
+            "actor_pools": {f"{TAGS[d]} x{n}": {"actors": n, "threads_per_actor": max(1, cores // n), "dtype": d}
+                            for d, n in pools},
             "actor_chunk": f"min({args.chunk}, ceil(texts / (4 x actors))) texts per call, at most 2 calls "
                            "in flight per actor (EmbeddingActor max_concurrency)",
             "phases_s": phases,
             "ray_start_and_actor_load_s": ray_started,
         },
         "results": {c: {k: by[c][k].summary() for k in WORKLOADS} for c in contenders},
+        "contender_dtype": contender_dtype,
         "headline_note": (
             f"medians_* = median rate of the clean trials (others' load <= {CLEAN_MAX_OTHER_CORES} cores), "
             "or the best trial when no trial was clean; ratios use these; medians_all_trials_* ignore load"
@@ -459,27 +536,34 @@ def main(argv: list[str] | None = None) -> int:
         },
         "padded_over_real_tokens": padding,
         "ratios": ratios,
-        "agreement_min_cosine_vs_sentence_transformers": agreement,
+        "ratios_as_configured": as_configured,
+        "agreement_min_cosine_vs_sentence_transformers_fp32": agreement,
         "actor_stats": actor_stats,
-        "tables": [table, ratio_table],
+        "tables": tables,
     }
     write_json(out, data)
 
-    # plot: tokens/s (comparable across workloads); one-per-call, ST best, ours, actors
-    def bar(c: str) -> tuple[list[float | None], list[tuple[float, float] | None]]:
-        per_text = [tokens[k] / len(texts[k]) for k in WORKLOADS]
-        return ([t * rate(c, k) for t, k in zip(per_text, WORKLOADS)],
-                [(t * min(by[c][k].rates), t * max(by[c][k].rates)) for t, k in zip(per_text, WORKLOADS)])
+    # plot: tokens/s (comparable across workloads): the float32 baselines, then ours and
+    # the best actor pool at each precision
+    per_text = [tokens[k] / len(texts[k]) for k in WORKLOADS]
+
+    def bar(per_kind: list[str]) -> tuple[list[float | None], list[tuple[float, float] | None]]:
+        return ([t * rate(c, k) for t, c, k in zip(per_text, per_kind, WORKLOADS)],
+                [(t * min(by[c][k].rates), t * max(by[c][k].rates)) for t, c, k in zip(per_text, per_kind, WORKLOADS)])
 
     series: dict[str, list[float | None]] = {}
     errors: dict[str, list[tuple[float, float] | None]] = {}
-    series["one-per-call"], errors["one-per-call"] = bar("one-per-call")
-    best_bs = [max(st_names, key=lambda c: rate(c, k)) for k in WORKLOADS]
-    st_label = "sentence-transformers best (bs " + "/".join(c.split("=")[1] for c in best_bs) + ")"
-    series[st_label] = [bar(c)[0][i] for i, c in enumerate(best_bs)]
-    errors[st_label] = [bar(c)[1][i] for i, c in enumerate(best_bs)]
-    for c in [*our_names, *actor_names]:
-        series[c], errors[c] = bar(c)
+    for d in dtypes:
+        tag = TAGS[d]
+        series[f"one-per-call {tag}"], errors[f"one-per-call {tag}"] = bar([f"one-per-call {tag}"] * 3)
+        st_best_names = [best("sentence-transformers", d, k) for k in WORKLOADS]
+        label = f"sentence-transformers best {tag} (bs " + "/".join(
+            c.split("=")[1].split()[0] for c in st_best_names) + ")"
+        series[label], errors[label] = bar(st_best_names)
+        series[f"ours best {tag}"], errors[f"ours best {tag}"] = bar([best("ours", d, k) for k in WORKLOADS])
+        if names("actors", d):
+            series[f"actor pool best {tag}"], errors[f"actor pool best {tag}"] = bar(
+                [best("actors", d, k) for k in WORKLOADS])
     plot_bars(
         out.with_suffix(".png"),
         f"Embedding throughput ({embedder.model_name}, {threads} threads, {machine['cpu_model']}); "

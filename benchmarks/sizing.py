@@ -55,9 +55,18 @@ def hardware(data: dict[str, Any]) -> str:
 
 
 def actor_rates(data: dict[str, Any], workload: str) -> dict[int, float]:
-    """Aggregate sentences/s by actor-pool size."""
+    """Aggregate sentences/s by actor-pool size, at the precision the pipeline runs.
+
+    A run that measured several precisions names the one ``embedding.dtype =
+    "auto"`` picks on that machine in ``dtype``; pools at other precisions are
+    left out, so the plan is for what a default pipeline does.
+    """
     out: dict[int, float] = {}
+    pipeline_dtype = data.get("dtype")
+    contender_dtype = data.get("contender_dtype", {})
     for name, per_workload in data.get("medians_sentences_per_s", {}).items():
+        if contender_dtype and contender_dtype.get(name) != pipeline_dtype:
+            continue
         match = _ACTORS.match(name)
         if match and per_workload.get(workload):
             n = int(match.group(1))
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = bool(data.get("machine", {}).get("cuda_device"))
         result = plan(rates, args.rows_per_s, efficiency, scale_out=not gpu)
         result.update({
-            "hardware": hardware(data),
+            "hardware": hardware(data) + (f", {data['dtype']}" if data.get("dtype") else ""),
             "source": Path(data["_file"]).name,
             "gpus": math.ceil(result["actors"] * args.gpus_per_actor) if gpu else 0,
             "backfill_hours": round(args.backfill_rows / result["pool_rows_per_s"] / 3600, 3),

@@ -136,7 +136,8 @@ class EmbeddingConfig(_Section):
     cpus_per_actor: float = Field(default=1.0, ge=0)
     #: GPUs per actor on CUDA (fractions share one GPU)
     gpus_per_actor: float = Field(default=1.0, ge=0)
-    #: "auto" = fp16 on CUDA, fp32 on CPU
+    #: "auto" = fp16 on CUDA; on CPU bf16 where the CPU has native bf16
+    #: (AVX512-BF16 / AMX), else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_length: int = Field(default=0, ge=0, le=8192)  # 0 = the model's own limit
     compile: bool = False

@@ -105,7 +105,8 @@ class SearchApp:
         device = "cpu" if embedding.device == "auto" else embedding.device
         self.embedder = Embedder(
             model=embedding.model, device=device, threads=threads, max_length=embedding.max_length,
-            batch_size=32, dtype="float32" if device == "cpu" else embedding.dtype,
+            # float16 is for GPUs; on CPU "auto" picks bf16 or fp32 by what the CPU does natively
+            batch_size=32, dtype="auto" if device == "cpu" and embedding.dtype == "float16" else embedding.dtype,
         )
         # a shared store is searched from here; embedded Qdrant only through its owner, the writer
         self.sink = open_sink(sink) if sink.kind == "mysql" or sink.url else None

@@ -2,15 +2,17 @@
 
 Embedded mode keeps everything in one process (a ``path=`` store may be
 opened by one process only), so the writer actor owns it and also answers
-searches; ``shared`` is False then.  Local mode commits every point to its
-SQLite file before ``upsert`` returns, which is the durability the pipeline
-needs before it acknowledges the slot.  Against a server every write uses
-``wait=True`` for the same reason.
+searches; ``shared`` is False then.  Local mode has committed every point of
+a call to its SQLite file before ``upsert`` (``delete``, ...) returns, which is
+the durability the pipeline needs before it acknowledges the slot.  Against a
+server every write uses ``wait=True`` for the same reason.
 """
 
 from __future__ import annotations
 
 import logging
+import contextlib
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -98,27 +100,53 @@ class QdrantSink(VectorSink):
             self._tune_local_storage()
 
     def _tune_local_storage(self) -> None:
-        """Embedded mode: switch the collections' SQLite files to WAL journaling.
+        """Embedded mode: WAL journaling, and one SQLite transaction per sink call.
 
-        qdrant-client's local mode commits each point in its own transaction;
-        with the default rollback journal every commit costs several fsyncs
-        and file operations.  WAL with ``synchronous=FULL`` still fsyncs every
-        commit (a write acknowledged to PostgreSQL survives power loss), but
-        once: measured here 3x faster per point and half the CPU, which the
-        model gets back.  Private attributes of qdrant-client, hence the guard:
-        without them the store simply keeps its defaults.
+        qdrant-client's local mode commits each point in its own transaction,
+        and with the default rollback journal every commit costs several
+        fsyncs.  Two changes, both keeping "durable when the call returns":
+
+        * WAL with ``synchronous=FULL`` still fsyncs every commit (a write
+          acknowledged to PostgreSQL survives power loss), but once per commit.
+        * :class:`_CallTransaction` makes the points of one ``upsert`` /
+          ``delete`` / payload call a single transaction, committed before the
+          call returns: one fsync per batch instead of one per point.  If the
+          call fails, the whole batch rolls back and the call raises, so the
+          pipeline does not acknowledge the slot and replays the batch.
+
+        Measured here (3,000 384-d points, batches of 256): 0.30 -> 0.10
+        wall-ms and 0.23 -> 0.10 CPU-ms per point; the CPU goes back to the
+        model.  These
+        are private attributes of qdrant-client, hence the guards: without them
+        the store keeps its own (slower, equally durable) behaviour.
         """
+        self._transactions = []
         local = getattr(self.client, "_client", None)
         collections = getattr(local, "collections", None) or {}
         for name in (self.collection, self.state_collection):
-            conn = getattr(getattr(collections.get(name), "storage", None), "storage", None)
-            if conn is None:
+            persistence = getattr(collections.get(name), "storage", None)
+            conn = getattr(persistence, "storage", None)
+            if isinstance(conn, _CallTransaction):
+                self._transactions.append(conn)
+                continue
+            if not isinstance(conn, sqlite3.Connection):
                 continue
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
             except Exception as exc:  # noqa: BLE001 - an optimisation only
                 log.debug("could not switch %s to WAL: %s", name, exc)
+            wrapped = _CallTransaction(conn)
+            persistence.storage = wrapped
+            self._transactions.append(wrapped)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """The sink lock, plus one SQLite transaction per collection in embedded mode."""
+        with self._lock, contextlib.ExitStack() as stack:
+            for transaction in getattr(self, "_transactions", ()):
+                stack.enter_context(transaction.batch())
+            yield
 
     # -- writes -------------------------------------------------------------------
 
@@ -133,13 +161,13 @@ class QdrantSink(VectorSink):
             )
             for p in points
         ]
-        with self._lock:
+        with self._write():
             self.client.upsert(self.collection, points=structs, wait=True)
 
     def delete(self, point_ids: Sequence[str]) -> None:
         if not point_ids:
             return
-        with self._lock:
+        with self._write():
             self.client.delete(
                 self.collection, points_selector=models.PointIdsList(points=list(point_ids)), wait=True
             )
@@ -151,7 +179,7 @@ class QdrantSink(VectorSink):
             models.SetPayloadOperation(set_payload=models.SetPayload(payload=_stored_payload(p), points=[p.id]))
             for p in points
         ]
-        with self._lock:
+        with self._write():
             self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
     # -- reads ----------------------------------------------------------------------
@@ -235,7 +263,7 @@ class QdrantSink(VectorSink):
         return dict((records[0].payload or {}).get("value") or {})
 
     def set_state(self, name: str, value: dict[str, Any] | None) -> None:
-        with self._lock:
+        with self._write():
             if value is None:
                 self.client.delete(
                     self.state_collection,
@@ -259,3 +287,44 @@ class QdrantSink(VectorSink):
 
 def _stored_payload(p: VectorPoint) -> dict[str, Any]:
     return {"table": p.table, "key": list(p.key), "text": p.text, "text_hash": p.text_hash, "payload": p.payload}
+
+
+class _CallTransaction:
+    """A local-mode collection's SQLite connection whose per-point commits
+    can be folded into one transaction.
+
+    qdrant-client writes each point inside ``with connection:`` (commit on
+    success, rollback on error).  Inside :meth:`batch` those blocks neither
+    commit nor roll back; the batch does either once at its end.  Outside a
+    batch it behaves exactly like the connection it wraps.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self._depth = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def __enter__(self) -> "_CallTransaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._depth:
+            return False  # the enclosing batch commits or rolls back
+        return bool(self._connection.__exit__(exc_type, exc, tb))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if not self._depth:
+                self._connection.rollback()
+            raise
+        self._depth -= 1
+        if not self._depth:
+            # Durable (WAL, synchronous=FULL) before the sink call returns.
+            self._connection.commit()

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from actors.embedder import EmbedStats, Embedder, resolve_model_path
+from actors.embedder import EmbedStats, Embedder, cpu_has_native_bf16, resolve_dtype, resolve_model_path
 
 DIM = 384
 
@@ -23,7 +23,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder(model="default", device="cpu", threads=2)
+    # float32 explicitly: these tests compare vectors to sentence-transformers at 1e-5
+    return Embedder(model="default", device="cpu", threads=2, dtype="float32")
 
 
 def delta(embedder: Embedder, fn):
@@ -94,6 +95,39 @@ def test_matches_sentence_transformers(embedder):
     got = embedder.embed(texts)
     assert expected.shape == got.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_bfloat16_vectors_agree_with_float32(embedder):
+    """What ``dtype = "auto"`` picks on CPUs with native bf16: same ranking, cosine >= 0.999."""
+    texts = SENTENCES[:5] + [long_text(400), long_text(60)]
+    bf16 = Embedder(model="default", device="cpu", threads=2, dtype="bfloat16")
+    got = bf16.embed(texts)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    reference = embedder.embed(texts)
+    assert np.min(np.sum(got * reference, axis=1)) >= 0.999
+    query = embedder.embed(["a family and a spice on a desert planet"])[0]
+    assert np.argmax(got @ query) == np.argmax(reference @ query) == 0
+
+
+def test_auto_dtype_follows_the_hardware():
+    assert resolve_dtype("auto", "cuda") == "float16"
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    for explicit in ("float32", "float16", "bfloat16"):
+        assert resolve_dtype(explicit, "cpu") == resolve_dtype(explicit, "cuda") == explicit
+
+
+def test_native_bf16_probe_matches_cpu_flags():
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 # -- truncation ------------------------------------------------------------------------
@@ -210,3 +244,26 @@ def test_plan_batches_empty():
 def test_plan_batches_single_oversized_text_gets_own_pass():
     batches = bare(8, 64).plan_batches([10, 100, 10])
     assert batches == [[0, 2], [1]]
+
+
+def test_forward_passes_run_on_one_thread_whoever_calls(embedder, monkeypatch):
+    """A threaded Ray actor calls from several threads; the model must still see one
+    (each extra OpenMP team slowed a 2-thread bf16 model by ~20 % here)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen: set[int] = set()
+    forward = embedder._forward
+
+    def recording_forward(input_ids, mask):
+        seen.add(threading.get_ident())
+        return forward(input_ids, mask)
+
+    monkeypatch.setattr(embedder, "_forward", recording_forward)
+    callers = ThreadPoolExecutor(max_workers=3)
+    texts = [f"caller thread text {i}" for i in range(12)]
+    results = list(callers.map(lambda t: embedder.embed([t]), texts))
+    results.append(embedder.embed(["from the test's own thread"]))
+    callers.shutdown()
+    assert len(seen) == 1 and threading.get_ident() not in seen
+    assert all(r.shape == (1, DIM) for r in results)

@@ -29,3 +29,64 @@ def test_embedded_store_uses_wal_with_full_sync_and_reopens(tmp_path):
     assert reopened.count() == 4
     assert {p.key[0] for p in reopened.iter_points("public.t")} == {1, 2, 3, 4}
     reopened.close()
+
+
+def _rows_on_disk(path) -> int:
+    """Points committed to the collection's SQLite file, read by an independent connection."""
+    import sqlite3
+
+    with sqlite3.connect(path) as reader:
+        return reader.execute("SELECT count(*) FROM points").fetchone()[0]
+
+
+def test_one_upsert_is_one_transaction_committed_before_it_returns(tmp_path):
+    config = SinkConfig(path=str(tmp_path / "q"), collection="unit")
+    sink = QdrantSink(config)
+    sink.ensure_ready(4)
+    storage = sink.client._client.collections["unit"].storage
+    db_file = str(storage.location)
+    conn = storage.storage._connection
+
+    sink.upsert([_point(i) for i in range(50)])
+
+    assert _rows_on_disk(db_file) == 50  # durable when upsert returns, seen from another connection
+    assert not conn.in_transaction
+    sink.delete([point_id("public.t", (i,)) for i in range(10)])
+    assert _rows_on_disk(db_file) == 40
+    sink.close()
+
+
+def test_a_failing_call_rolls_back_the_whole_batch(tmp_path):
+    import sqlite3
+
+    from actors.sinks.qdrant import _CallTransaction
+
+    db_file = tmp_path / "t.sqlite"
+    connection = sqlite3.connect(db_file)
+    connection.execute("CREATE TABLE points (id TEXT PRIMARY KEY, point BLOB)")
+    connection.commit()
+    wrapped = _CallTransaction(connection)
+
+    def persist(key: str) -> None:  # what qdrant-client's persistence does per point
+        with wrapped:
+            wrapped.execute("INSERT OR REPLACE INTO points VALUES (?, ?)", (key, b"x"))
+
+    try:
+        with wrapped.batch():
+            persist("a")
+            persist("b")
+            assert _rows_on_disk(db_file) == 0  # nothing is committed point by point
+            raise OSError("disk full")
+    except OSError:
+        pass
+    assert _rows_on_disk(db_file) == 0  # the batch rolled back as a whole; the pipeline replays it
+    assert not connection.in_transaction
+
+    with wrapped.batch():
+        persist("a")
+        persist("b")
+    assert _rows_on_disk(db_file) == 2
+
+    persist("c")  # outside a batch: the connection's own per-statement commit
+    assert _rows_on_disk(db_file) == 3
+    connection.close()

@@ -28,3 +28,18 @@ def test_actor_rates_reads_pool_sizes_from_bench_embed_json():
     data = {"medians_sentences_per_s": {"actors x1 (2 thr)": {"short": 270.0}, "actors x2 (1 thr)": {"short": 325.0},
                                         "one-per-call": {"short": 100.0}}}
     assert actor_rates(data, "short") == {1: 270.0, 2: 325.0}
+
+
+def test_actor_rates_use_the_precision_the_pipeline_runs():
+    data = {
+        "dtype": "bfloat16",
+        "contender_dtype": {"actors x1 (2 thr) fp32": "float32", "actors x2 (1 thr) fp32": "float32",
+                            "actors x1 (2 thr) bf16": "bfloat16", "actors x2 (1 thr) bf16": "bfloat16"},
+        "medians_sentences_per_s": {
+            "actors x1 (2 thr) fp32": {"short": 270.0}, "actors x2 (1 thr) fp32": {"short": 325.0},
+            "actors x1 (2 thr) bf16": {"short": 480.0}, "actors x2 (1 thr) bf16": {"short": 590.0},
+        },
+    }
+    assert actor_rates(data, "short") == {1: 480.0, 2: 590.0}
+    data["dtype"] = "float32"
+    assert actor_rates(data, "short") == {1: 270.0, 2: 325.0}
