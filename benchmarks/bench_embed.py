@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_actors:
         import ray
 
-        from actors.remote import EmbeddingActor
+        from actors.remote import EmbeddingActor, embedding_runtime_env
         from cluster.config import EmbeddingConfig
 
         t0 = time.perf_counter()
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 # num_cpus=0: every pool stays alive for the interleaved rounds and
                 # only one pool works at a time, so reservations would only block.
                 pools[(d, n)] = [
-                    EmbeddingActor.options(num_cpus=0).remote(config, per_actor, "WARNING") for _ in range(n)
+                    EmbeddingActor.options(num_cpus=0, runtime_env=embedding_runtime_env()).remote(
+                        config, per_actor, "WARNING") for _ in range(n)
                 ]
         ray.get([a.info.remote() for pool in pools.values() for a in pool])
         ray_started = round(time.perf_counter() - t0, 1)

@@ -144,12 +144,15 @@ class Bench:
         row = self.conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bench'").fetchone()
         return parse_lsn(row[0]) or 0
 
-    def wait_confirmed(self, lsn: int, timeout: float = 600) -> float:
+    def wait_confirmed(self, lsn: int, timeout: float = 600, poll: float = 0.02) -> float:
+        """Polls the slot every ``poll`` s: a burst ends at most that late (<= 0.4 %
+        of a 5 s trial), while faster polling took CPU from the pipeline it measures
+        (5 ms: ~3 % of a 2-core machine with the driver and the PostgreSQL backend)."""
         deadline = time.monotonic() + timeout
         while self.confirmed() < lsn:
             if time.monotonic() > deadline:
                 raise RuntimeError("pipeline did not catch up")
-            time.sleep(0.005)
+            time.sleep(poll)
         return time.perf_counter()
 
     # -- measurements ---------------------------------------------------------------------

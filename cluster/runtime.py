@@ -79,7 +79,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     """Create reader, embedders, writer and coordinator; start streaming."""
     import ray
 
-    from actors.remote import CdcReaderActor, EmbeddingActor, WriterActor
+    from actors.remote import CdcReaderActor, EmbeddingActor, WriterActor, embedding_runtime_env
     from cluster.pipeline import PipelineActor
 
     emb = config.embedding
@@ -92,7 +92,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     embedders = [
         EmbeddingActor.options(
             name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
-            max_restarts=-1,
+            max_restarts=-1, runtime_env=embedding_runtime_env(),
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]
