@@ -165,6 +165,12 @@ class PgChangeSource:
         self._streaming = True
         self._decoder = PgOutputDecoder()
         self._in_txn = False
+        # The server resends from the slot's confirmed position, which is behind
+        # everything handed out before this (re)start.  A safe position kept from
+        # before would ride on the first new batch and be confirmed once it is
+        # written, skipping changes not yet re-read; a second failure then
+        # restarts past them.  Only what this stream hands out counts.
+        self._safe_lsn = 0
         log.info("streaming slot %s from its confirmed position", self.slot)
 
     # -- backfill -----------------------------------------------------------------

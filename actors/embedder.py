@@ -182,8 +182,9 @@ class Embedder:
         # backend) each thread that starts parallel work gets its own team of
         # worker threads, and a Ray actor with max_concurrency > 1 runs each
         # call on any of its pool threads.  With several teams a 2-thread bf16
-        # model ran at ~400 sentences/s here, with one ~500 (in process: ~600;
-        # the rest of that gap is not explained yet, see benchmarks/results).
+        # model ran at ~400 sentences/s here, with one ~500 (in process ~600;
+        # the rest is the two threads waiting for each other at barriers,
+        # which single-thread actors avoid: see benchmarks/results/README.md).
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-model")
         log.info(
             "loaded model %s on %s (%s, dim %d, max_length %d, threads %d)",

@@ -10,8 +10,8 @@ server every write uses ``wait=True`` for the same reason.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import sqlite3
 import threading
 import uuid
@@ -116,9 +116,9 @@ class QdrantSink(VectorSink):
 
         Measured here (3,000 384-d points, batches of 256): 0.30 -> 0.10
         wall-ms and 0.23 -> 0.10 CPU-ms per point; the CPU goes back to the
-        model.  These
-        are private attributes of qdrant-client, hence the guards: without them
-        the store keeps its own (slower, equally durable) behaviour.
+        model.  These are private attributes of qdrant-client, hence the
+        guards: without them the store keeps its own (slower, equally durable)
+        behaviour.
         """
         self._transactions = []
         local = getattr(self.client, "_client", None)
@@ -330,5 +330,11 @@ class _CallTransaction:
             raise
         self._depth -= 1
         if not self._depth:
-            # Durable (WAL, synchronous=FULL) before the sink call returns.
-            self._connection.commit()
+            # Durable (WAL, synchronous=FULL) before the sink call returns.  A
+            # failed commit rolls back too, so nothing of this call lingers in
+            # an open transaction to be committed later with another call.
+            try:
+                self._connection.commit()
+            except BaseException:
+                self._connection.rollback()
+                raise
