@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -177,7 +176,6 @@ class Embedder:
         self.max_batch_tokens = max(max_batch_tokens, self.max_length)
         self.dimension = int(self.model.config.hidden_size)
         self.stats = EmbedStats()
-        self._model_lock = threading.Lock()
         # Every forward pass runs on this one thread.  With OpenMP (torch's CPU
         # backend) each thread that starts parallel work gets its own team of
         # worker threads, and a Ray actor with max_concurrency > 1 runs each
@@ -248,9 +246,9 @@ class Embedder:
     def prepare(self, texts: Sequence[str]) -> "Prepared":
         """CPU-side work for ``texts``: de-duplicate, tokenize, plan, pad.
 
-        Runs without the model lock, so a threaded actor tokenizes the next
-        batch while the current one is in the model (the Rust tokenizer
-        releases the GIL).
+        Runs on the caller's thread, not the model thread, so a threaded
+        actor tokenizes the next batch while the current one is in the model
+        (the Rust tokenizer releases the GIL).
         """
         unique: dict[str, int] = {}
         slots = [unique.setdefault(t, len(unique)) for t in texts]
@@ -264,23 +262,23 @@ class Embedder:
                         sum(len(b) * max(lengths[i] for i in b) for b, _, _ in passes))
 
     def run(self, prepared: "Prepared") -> np.ndarray:
-        """Model forward passes for a prepared batch (one at a time per model)."""
+        """Model forward passes for a prepared batch, on the model thread (one batch at a time)."""
         return self._model_thread.submit(self._run, prepared).result()
 
     def _run(self, prepared: "Prepared") -> np.ndarray:
+        # Only ever on the model thread, so passes and stats never interleave.
         vectors = np.empty((prepared.unique, self.dimension), dtype=np.float32)
-        with self._model_lock:
-            started = time.perf_counter()
-            for batch, input_ids, mask in prepared.passes:
-                vectors[batch] = self._forward(input_ids, mask)
-            stats = self.stats
-            stats.forward_passes += len(prepared.passes)
-            stats.padded_tokens += prepared.padded_tokens
-            stats.texts += prepared.texts
-            stats.unique_texts += prepared.unique
-            stats.tokens += prepared.tokens
-            stats.truncated += prepared.truncated
-            stats.seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        for batch, input_ids, mask in prepared.passes:
+            vectors[batch] = self._forward(input_ids, mask)
+        stats = self.stats
+        stats.forward_passes += len(prepared.passes)
+        stats.padded_tokens += prepared.padded_tokens
+        stats.texts += prepared.texts
+        stats.unique_texts += prepared.unique
+        stats.tokens += prepared.tokens
+        stats.truncated += prepared.truncated
+        stats.seconds += time.perf_counter() - started
         return vectors[prepared.slots]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -87,8 +87,8 @@ def embedding_runtime_env() -> dict[str, Any]:
 class EmbeddingActor:
     """Loads the model once; embeds the upsert texts of change batches.
 
-    Two calls may run at once: while one batch is in the model (under the
-    embedder's model lock) the next is tokenized and padded, so the model
+    Two calls may run at once: while one batch is in the model (on the
+    embedder's model thread) the next is tokenized and padded, so the model
     never waits for the tokenizer.
     """
 

@@ -41,6 +41,8 @@ class QdrantSink(VectorSink):
         # Local mode is not thread-safe; the writer actor serves searches from
         # another thread while it applies batches.
         self._lock = threading.RLock()
+        # embedded mode: per-collection SQLite transactions (see _tune_local_storage)
+        self._transactions: list[_CallTransaction] = []
         try:
             if config.url:
                 api_key = config.api_key.get_secret_value() if config.api_key else None
@@ -144,7 +146,7 @@ class QdrantSink(VectorSink):
     def _write(self) -> Iterator[None]:
         """The sink lock, plus one SQLite transaction per collection in embedded mode."""
         with self._lock, contextlib.ExitStack() as stack:
-            for transaction in getattr(self, "_transactions", ()):
+            for transaction in self._transactions:
                 stack.enter_context(transaction.batch())
             yield
 
