@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,20 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
     if device_type == "cuda":
         return "float16"
     return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def pin_torch_threads(threads: int) -> None:
+    """Give the calling thread ``threads`` torch (OpenMP) threads, for good.
+
+    torch keeps the count per thread, but a thread's first parallel operator
+    copies the process-wide count (the last ``set_num_threads`` of any
+    thread).  ``get_num_threads`` makes that first copy happen now, so the
+    ``set_num_threads`` after it is the one that stays.
+    """
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
 
 
 class EmbedderError(RuntimeError):
@@ -130,6 +145,7 @@ class Embedder:
         dtype: str = "auto",
         max_length: int = 0,
         compile: bool = False,
+        threads_per_worker: int = 1,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1") if model == DEFAULT_MODEL else None
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,8 +161,18 @@ class Embedder:
         if device == "cuda" and not torch.cuda.is_available():
             raise EmbedderError("embedding.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
         self.device = torch.device(device)
-        if self.device.type == "cpu" and threads:
-            torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            # ``threads`` CPU threads as ``workers`` model workers of
+            # ``threads_per_worker`` torch threads each (see the model pool below)
+            # the caller's own torch thread count is left alone: only the
+            # model workers' is set (pin_torch_threads)
+            threads = threads or torch.get_num_threads()
+            self.threads_per_worker = max(1, min(threads_per_worker, threads))
+            self.workers = max(1, threads // self.threads_per_worker)
+        else:
+            # one stream of passes keeps a GPU busy; the host side stays serial
+            self.threads_per_worker = torch.get_num_threads()
+            self.workers = 1
         dtype = resolve_dtype(dtype, self.device.type)
         self.dtype_name = dtype
         torch_dtype = getattr(torch, dtype)
@@ -176,17 +202,25 @@ class Embedder:
         self.max_batch_tokens = max(max_batch_tokens, self.max_length)
         self.dimension = int(self.model.config.hidden_size)
         self.stats = EmbedStats()
-        # Every forward pass runs on this one thread.  With OpenMP (torch's CPU
-        # backend) each thread that starts parallel work gets its own team of
-        # worker threads, and a Ray actor with max_concurrency > 1 runs each
-        # call on any of its pool threads.  With several teams a 2-thread bf16
-        # model ran at ~400 sentences/s here, with one ~500 (in process ~600;
-        # the rest is the two threads waiting for each other at barriers,
-        # which single-thread actors avoid: see benchmarks/results/README.md).
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-model")
+        self._stats_lock = threading.Lock()
+        # Forward passes run only on the model pool's threads, never on the
+        # caller's.  On CPU each worker is a torch thread team of its own
+        # (torch/OpenMP thread counts are per calling thread; the initializer
+        # sets it), and by default a team of one: independent passes on
+        # single-thread workers never wait for each other, while one team of
+        # N threads meets at a barrier after every operator.  Measured on 2
+        # cores, bf16, 3,072 short texts in 256-text calls: 2 workers x 1
+        # thread ~590 sentences/s, one 2-thread team ~460, two single-thread
+        # Ray actors ~600 (benchmarks/results/README.md).  The weights are
+        # shared by the workers, so this costs no extra model memory.
+        initializer = pin_torch_threads if self.device.type == "cpu" else None
+        self._model_pool = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="embedder-model",
+            initializer=initializer, initargs=(self.threads_per_worker,) if initializer else (),
+        )
         log.info(
-            "loaded model %s on %s (%s, dim %d, max_length %d, threads %d)",
-            model, self.device, dtype, self.dimension, self.max_length, torch.get_num_threads(),
+            "loaded model %s on %s (%s, dim %d, max_length %d, %d model worker(s) x %d thread(s))",
+            model, self.device, dtype, self.dimension, self.max_length, self.workers, self.threads_per_worker,
         )
 
     def _model_max_length(self, path: str) -> int:
@@ -262,23 +296,36 @@ class Embedder:
                         sum(len(b) * max(lengths[i] for i in b) for b, _, _ in passes))
 
     def run(self, prepared: "Prepared") -> np.ndarray:
-        """Model forward passes for a prepared batch, on the model thread (one batch at a time)."""
-        return self._model_thread.submit(self._run, prepared).result()
+        """Model forward passes for a prepared batch, spread over the model workers.
 
-    def _run(self, prepared: "Prepared") -> np.ndarray:
-        # Only ever on the model thread, so passes and stats never interleave.
+        The passes of one call run in parallel when there are several
+        workers; passes of concurrent calls queue behind each other.
+        """
         vectors = np.empty((prepared.unique, self.dimension), dtype=np.float32)
         started = time.perf_counter()
-        for batch, input_ids, mask in prepared.passes:
-            vectors[batch] = self._forward(input_ids, mask)
-        stats = self.stats
-        stats.forward_passes += len(prepared.passes)
-        stats.padded_tokens += prepared.padded_tokens
-        stats.texts += prepared.texts
-        stats.unique_texts += prepared.unique
-        stats.tokens += prepared.tokens
-        stats.truncated += prepared.truncated
-        stats.seconds += time.perf_counter() - started
+        # Longest passes first (the plan sorts them shortest first): the call
+        # ends when its last pass does, and a long pass left for the end would
+        # run alone while the other workers idle.
+        futures = [
+            (batch, self._model_pool.submit(self._forward, input_ids, mask))
+            for batch, input_ids, mask in reversed(prepared.passes)
+        ]
+        try:
+            for batch, future in futures:
+                vectors[batch] = future.result()
+        except BaseException:
+            for _, future in futures:
+                future.cancel()
+            raise
+        with self._stats_lock:
+            stats = self.stats
+            stats.forward_passes += len(prepared.passes)
+            stats.padded_tokens += prepared.padded_tokens
+            stats.texts += prepared.texts
+            stats.unique_texts += prepared.unique
+            stats.tokens += prepared.tokens
+            stats.truncated += prepared.truncated
+            stats.seconds += time.perf_counter() - started
         return vectors[prepared.slots]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

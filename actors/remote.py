@@ -83,13 +83,22 @@ def embedding_runtime_env() -> dict[str, Any]:
     return {"env_vars": {"OMP_WAIT_POLICY": policy}}
 
 
+def embedding_actor_concurrency(threads: int, threads_per_worker: int) -> int:
+    """Calls an EmbeddingActor runs at once: one per model worker, plus one.
+
+    The passes of one call already spread over the workers; the extra calls
+    keep workers busy when batches are small (one pass each) and let the next
+    batch be tokenized and padded while the model runs, so the model never
+    waits for the tokenizer.
+    """
+    return max(1, threads // max(1, threads_per_worker)) + 1
+
+
 @ray.remote(max_concurrency=2)
 class EmbeddingActor:
     """Loads the model once; embeds the upsert texts of change batches.
 
-    Two calls may run at once: while one batch is in the model (on the
-    embedder's model thread) the next is tokenized and padded, so the model
-    never waits for the tokenizer.
+    Created with ``max_concurrency=embedding_actor_concurrency(...)``.
     """
 
     def __init__(self, config: EmbeddingConfig, threads: int, log_level: str = "INFO") -> None:
@@ -103,11 +112,13 @@ class EmbeddingActor:
             dtype=config.dtype,
             max_length=config.max_length,
             compile=config.compile,
+            threads_per_worker=config.threads_per_worker,
         )
 
     def info(self) -> dict[str, Any]:
         e = self.embedder
-        return {"dimension": e.dimension, "device": str(e.device), "dtype": e.dtype_name, "max_length": e.max_length}
+        return {"dimension": e.dimension, "device": str(e.device), "dtype": e.dtype_name, "max_length": e.max_length,
+                "workers": e.workers, "threads_per_worker": e.threads_per_worker}
 
     def embed_batch(self, batch: ChangeBatch) -> np.ndarray | None:
         texts = batch.texts_to_embed()

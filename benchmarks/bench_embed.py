@@ -12,7 +12,8 @@ words) and ``long`` (~120 words).  On the same texts, in the same run, with the
 same number of torch threads for every contender:
 
 (a) ``one-per-call``: ``Embedder.embed([t])`` in a loop, the way a naive CDC demo
-    embeds each change as it arrives;
+    embeds each change as it arrives, on one torch thread team of all threads
+    (what a plain program gets);
 (b) ``sentence-transformers``: ``SentenceTransformer.encode(texts, batch_size=B,
     normalize_embeddings=True)`` for several B, best one reported;
 (c) ``ours``: ``Embedder.embed(texts)`` in process at several batch_size /
@@ -120,8 +121,9 @@ def make_texts(kind: str, n: int, seed: int = 1234) -> list[str]:
 # -- contenders --------------------------------------------------------------
 
 
-def actor_pool_runner(actors: list[Any], texts: list[str], chunk: int) -> Callable[[], int]:
-    """A callable that embeds ``texts`` on ``actors``: chunks, at most 2 in flight per actor."""
+def actor_pool_runner(actors: list[Any], texts: list[str], chunk: int, in_flight: int = 2) -> Callable[[], int]:
+    """A callable that embeds ``texts`` on ``actors``: chunks, at most ``in_flight`` per actor
+    (the actor's max_concurrency, as the pipeline sets it)."""
     import ray
 
     chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
@@ -131,7 +133,7 @@ def actor_pool_runner(actors: list[Any], texts: list[str], chunk: int) -> Callab
         pending: dict[Any, tuple[Any, int]] = {}
         done = 0
         for actor in actors:
-            for _ in range(2):
+            for _ in range(in_flight):
                 if queue:
                     i = queue.pop()
                     pending[actor.embed.remote(chunks[i])] = (actor, i)
@@ -199,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(threads)
-    from actors.embedder import Embedder, resolve_model_path
+    from actors.embedder import Embedder, pin_torch_threads, resolve_model_path
 
+    pin_torch_threads(threads)  # sentence-transformers runs on this thread
     model_path = resolve_model_path(args.model)
     embedders = {d: Embedder(model=args.model, device="cpu", threads=threads, dtype=d) for d in dtypes}
+    # (a) embeds one text per torch call on one team of every thread, as a
+    # plain program does (torch's default); our workers split threads instead
+    single_team = {d: Embedder(model=args.model, device="cpu", threads=threads, dtype=d, threads_per_worker=threads)
+                   for d in dtypes}
     embedder = embedders["float32"]  # tokenizer, batching plan and padding are the same for every dtype
     default_bs, default_mbt = embedder.batch_size, embedder.max_batch_tokens
     from sentence_transformers import SentenceTransformer
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if d != "float32":
             st_models[d].to(getattr(torch, d))
     st_model = st_models["float32"]
-    torch.set_num_threads(threads)  # in case a library changed it
+    pin_torch_threads(threads)  # in case a library changed it
     if st_model.max_seq_length != embedder.max_length:
         print(f"note: sentence-transformers max_seq_length {st_model.max_seq_length} != ours {embedder.max_length}")
 
@@ -242,17 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         meta[name] = {"contender": contender, "workload": kind, **params}
 
     for d in dtypes:
-        tag, emb, st = TAGS[d], embedders[d], st_models[d]
+        tag, emb, st, naive = TAGS[d], embedders[d], st_models[d], single_team[d]
         for kind in WORKLOADS:
             tx = texts[kind]
             warm_tx = tx[:16]
 
-            def one_per_call(tx: list[str] = tx, emb: Embedder = emb) -> None:
+            def one_per_call(tx: list[str] = tx, emb: Embedder = naive) -> None:
                 for t in tx:
                     emb.embed([t])
 
             add(f"one-per-call {tag}", kind, one_per_call,
-                lambda w=warm_tx, emb=emb: [emb.embed([t]) for t in w], kind_="a", dtype=d)
+                lambda w=warm_tx, emb=naive: [emb.embed([t]) for t in w], kind_="a", dtype=d)
             for b in st_batches:
                 def st_run(tx: list[str] = tx, b: int = b, st: Any = st) -> None:
                     st.encode(tx, batch_size=b, normalize_embeddings=True, show_progress_bar=False,
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_actors:
         import ray
 
-        from actors.remote import EmbeddingActor, embedding_runtime_env
+        from actors.remote import EmbeddingActor, embedding_actor_concurrency, embedding_runtime_env
         from cluster.config import EmbeddingConfig
 
         t0 = time.perf_counter()
@@ -292,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                 # num_cpus=0: every pool stays alive for the interleaved rounds and
                 # only one pool works at a time, so reservations would only block.
                 pools[(d, n)] = [
-                    EmbeddingActor.options(num_cpus=0, runtime_env=embedding_runtime_env()).remote(
+                    EmbeddingActor.options(
+                        num_cpus=0, runtime_env=embedding_runtime_env(),
+                        max_concurrency=embedding_actor_concurrency(per_actor, config.threads_per_worker),
+                    ).remote(
                         config, per_actor, "WARNING") for _ in range(n)
                 ]
         ray.get([a.info.remote() for pool in pools.values() for a in pool])
@@ -302,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in WORKLOADS:
                 # at least 4 chunks per actor, so the last chunk does not leave the others idle
                 chunk = max(1, min(args.chunk, math.ceil(len(texts[kind]) / (4 * n))))
-                run = actor_pool_runner(pool, texts[kind], chunk)
-                warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16)
+                in_flight = embedding_actor_concurrency(per_actor, 1)
+                run = actor_pool_runner(pool, texts[kind], chunk, in_flight)
+                warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16, in_flight)
                 add(f"actors x{n} ({per_actor} thr) {TAGS[d]}", kind, run, warm, kind_="d", actors=n,
                     threads_per_actor=per_actor, chunk=chunk, dtype=d)
 
@@ -516,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             "ours_default": {"batch_size": default_bs, "max_batch_tokens": default_mbt},
             "actor_pools": {f"{TAGS[d]} x{n}": {"actors": n, "threads_per_actor": max(1, cores // n), "dtype": d}
                             for d, n in pools},
-            "actor_chunk": f"min({args.chunk}, ceil(texts / (4 x actors))) texts per call, at most 2 calls "
-                           "in flight per actor (EmbeddingActor max_concurrency)",
+            "actor_chunk": f"min({args.chunk}, ceil(texts / (4 x actors))) texts per call, at most "
+                           "(model workers + 1) calls in flight per actor (EmbeddingActor max_concurrency, "
+                           "as the pipeline creates it)",
             "phases_s": phases,
             "ray_start_and_actor_load_s": ray_started,
         },

@@ -144,15 +144,23 @@ class Bench:
         row = self.conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bench'").fetchone()
         return parse_lsn(row[0]) or 0
 
-    def wait_confirmed(self, lsn: int, timeout: float = 600, poll: float = 0.02) -> float:
-        """Polls the slot every ``poll`` s: a burst ends at most that late (<= 0.4 %
-        of a 5 s trial), while faster polling took CPU from the pipeline it measures
-        (5 ms: ~3 % of a 2-core machine with the driver and the PostgreSQL backend)."""
+    def wait_confirmed(self, lsn: int, timeout: float = 600) -> float:
+        """Returns when the slot has confirmed ``lsn`` (every change up to it durably written).
+
+        The driver blocks on the coordinator until the write is done (no CPU
+        taken from the pipeline it measures; polling the slot every 5 ms took
+        ~3 % of a 2-core machine with the PostgreSQL backend it queries), then
+        reads the slot, which the reader confirms right after the write.
+        """
+        import ray
+
         deadline = time.monotonic() + timeout
+        if not ray.get(self.running.pipeline.wait_acked.remote(lsn, timeout), timeout=timeout + 30):
+            raise RuntimeError("pipeline did not catch up")
         while self.confirmed() < lsn:
             if time.monotonic() > deadline:
-                raise RuntimeError("pipeline did not catch up")
-            time.sleep(poll)
+                raise RuntimeError("the slot did not confirm what the pipeline wrote")
+            time.sleep(0.002)
         return time.perf_counter()
 
     # -- measurements ---------------------------------------------------------------------

@@ -132,6 +132,11 @@ class EmbeddingConfig(_Section):
     max_batch_tokens: int = Field(default=0, ge=0)
     #: torch threads per actor on CPU; 0 = cores / actors
     threads: int = Field(default=0, ge=0, le=512)
+    #: CPU: an actor runs threads / threads_per_worker model workers, each
+    #: doing whole forward passes with this many torch threads.  1 (default)
+    #: is the fastest for throughput (no barriers between threads); more
+    #: shortens the latency of one large pass.
+    threads_per_worker: int = Field(default=1, ge=1, le=512)
     #: CPUs Ray reserves per embedding actor
     cpus_per_actor: float = Field(default=1.0, ge=0)
     #: GPUs per actor on CUDA (fractions share one GPU)

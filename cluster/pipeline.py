@@ -67,6 +67,8 @@ class PipelineCoordinator:
         self.backfill_rows = 0
         self.batches_applied = 0
         self.acked_lsn = 0
+        # notified whenever acked_lsn advances (wait_acked)
+        self._acked_changed = threading.Condition()
         self.errors = 0
         self._slot_stats: dict[str, Any] = {"confirmed_lsn": None, "lag_bytes": None}
         self._stats_conn = None
@@ -163,7 +165,7 @@ class PipelineCoordinator:
                 elif meta["ack_lsn"] and meta["ack_lsn"] > self.acked_lsn:
                     if not queue and applying is None:
                         pending_ack = meta["ack_lsn"]  # idle: nothing unwritten before it
-                        self.acked_lsn = meta["ack_lsn"]
+                        self._advance_acked(meta["ack_lsn"])
                     else:
                         queue.append(_Entry(meta, read_batch_ref, None))
                 read_batch_ref = None
@@ -173,7 +175,7 @@ class PipelineCoordinator:
                 applying = None
                 self._applied(entry, result)
                 if result.ack_lsn and result.ack_lsn > self.acked_lsn:
-                    self.acked_lsn = result.ack_lsn
+                    self._advance_acked(result.ack_lsn)
                     pending_ack = result.ack_lsn
                     if read_ref is not None or stopping:
                         # the next read carries it too; confirm now so the slot
@@ -183,6 +185,27 @@ class PipelineCoordinator:
             ray.get(self.reader.ack.remote(self.acked_lsn))
         ray.get(self.reader.close.remote())
         log.info("slot %s: stopped after confirming %s", self.slot, format_lsn(self.acked_lsn or None))
+
+    def _advance_acked(self, lsn: int) -> None:
+        with self._acked_changed:
+            self.acked_lsn = lsn
+            self._acked_changed.notify_all()
+
+    def wait_acked(self, lsn: int, timeout: float) -> bool:
+        """Block until every change up to ``lsn`` is durably written and being
+        confirmed to the slot, or ``timeout`` s pass; True if it was.
+
+        For callers that need "caught up to this commit" without polling the
+        slot (benchmarks, tests): a blocked waiter costs no CPU.
+        """
+        deadline = time.monotonic() + timeout
+        with self._acked_changed:
+            while self.acked_lsn < lsn:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked_changed.wait(left)
+            return True
 
     def _applied(self, entry: _Entry, result: Any) -> None:
         rows = result.upserts + result.deletes
@@ -262,6 +285,10 @@ class PipelineActor:
         except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures
             pass
         return stats
+
+    def wait_acked(self, lsn: int, timeout: float = 60.0) -> bool:
+        """See :meth:`PipelineCoordinator.wait_acked`."""
+        return self.coordinator.wait_acked(lsn, timeout)
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         """Stop reading, write what is in flight, confirm it, close the stream."""

@@ -79,7 +79,13 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     """Create reader, embedders, writer and coordinator; start streaming."""
     import ray
 
-    from actors.remote import CdcReaderActor, EmbeddingActor, WriterActor, embedding_runtime_env
+    from actors.remote import (
+        CdcReaderActor,
+        EmbeddingActor,
+        WriterActor,
+        embedding_actor_concurrency,
+        embedding_runtime_env,
+    )
     from cluster.pipeline import PipelineActor
 
     emb = config.embedding
@@ -93,6 +99,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         EmbeddingActor.options(
             name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
             max_restarts=-1, runtime_env=embedding_runtime_env(),
+            max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker),
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]
@@ -107,8 +114,8 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
             ray.kill(handle)
         raise StartupError(error_line(exc)) from None
     log.info(
-        "embedding pool: %d actor(s) on %s (%s), %d threads each, dim %d",
-        emb.actors, infos[0]["device"], infos[0]["dtype"], threads, dimension,
+        "embedding pool: %d actor(s) on %s (%s), %d threads each (%d model worker(s)), dim %d",
+        emb.actors, infos[0]["device"], infos[0]["dtype"], threads, infos[0]["workers"], dimension,
     )
     pipeline = PipelineActor.options(name=PIPELINE_ACTOR).remote(config, reader, embedders, writer, dimension, log_level)
     ray.get(pipeline.start.remote())

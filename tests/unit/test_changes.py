@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import subprocess
 import sys
 import uuid
@@ -42,6 +44,17 @@ def test_point_id_pinned_value():
     """Changing the namespace or key encoding would orphan every stored vector."""
     expected = str(uuid.uuid5(uuid.UUID("6f1c0c47-58a9-4d0b-9a8e-2f5b1c3e7d11"), '["public.books",[1]]'))
     assert point_id("public.books", (1,)) == expected
+
+
+@pytest.mark.parametrize(
+    "key",
+    [(1,), (-7, "x"), ("é", "日本"), (1.5,), (True, None), (2**70,), ("a\"b\\c",),
+     (datetime.date(2024, 5, 1),), (decimal.Decimal("1.10"),), (uuid.UUID(int=5),), ("",)],
+)
+def test_point_id_is_rfc4122_uuid5_of_the_canonical_key(key):
+    """The fast path must give exactly uuid5(namespace, canonical key) for every key type."""
+    expected = str(uuid.uuid5(uuid.UUID("6f1c0c47-58a9-4d0b-9a8e-2f5b1c3e7d11"), canonical_key("s.t", key)))
+    assert point_id("s.t", key) == expected
 
 
 @pytest.mark.parametrize(

@@ -244,17 +244,21 @@ def test_plan_batches_single_oversized_text_gets_own_pass():
     assert batches == [[0, 2], [1]]
 
 
-def test_forward_passes_run_on_one_thread_whoever_calls(embedder, monkeypatch):
-    """A threaded Ray actor calls from several threads; the model must still see one
-    (each extra OpenMP team slowed a 2-thread bf16 model by ~20 % here)."""
+def test_forward_passes_run_on_the_single_thread_model_workers_whoever_calls(embedder, monkeypatch):
+    """A threaded Ray actor calls from several threads; the passes still run only on
+    the embedder's model workers (threads=2: two workers of one torch thread each),
+    never on a caller's thread, and each worker keeps its own torch thread count."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    seen: set[int] = set()
+    import torch
+
+    assert (embedder.workers, embedder.threads_per_worker) == (2, 1)
+    seen: dict[int, int] = {}
     forward = embedder._forward
 
     def recording_forward(input_ids, mask):
-        seen.add(threading.get_ident())
+        seen[threading.get_ident()] = torch.get_num_threads()
         return forward(input_ids, mask)
 
     monkeypatch.setattr(embedder, "_forward", recording_forward)
@@ -263,5 +267,33 @@ def test_forward_passes_run_on_one_thread_whoever_calls(embedder, monkeypatch):
     results = list(callers.map(lambda t: embedder.embed([t]), texts))
     results.append(embedder.embed(["from the test's own thread"]))
     callers.shutdown()
-    assert len(seen) == 1 and threading.get_ident() not in seen
+    assert 1 <= len(seen) <= 2 and threading.get_ident() not in seen
+    assert set(seen.values()) == {1}
     assert all(r.shape == (1, DIM) for r in results)
+
+
+def test_passes_of_one_call_run_in_parallel_on_the_workers(embedder, monkeypatch):
+    """Two passes of one call must be in the model at the same time (a barrier
+    of two is only passed then); the result is still in input order."""
+    import threading
+
+    together = threading.Barrier(2, timeout=30)
+    forward = embedder._forward
+
+    def meeting_forward(input_ids, mask):
+        together.wait()
+        return forward(input_ids, mask)
+
+    texts = ["short one", "a somewhat longer text than the short one, to get a pass of its own " * 3]
+    expected = embedder.embed(texts)
+    monkeypatch.setattr(embedder, "_forward", meeting_forward)
+    monkeypatch.setattr(embedder, "batch_size", 1)  # one pass per text
+    got = embedder.embed(texts)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_threads_per_worker_makes_fewer_wider_workers():
+    wide = Embedder(model="default", device="cpu", threads=2, dtype="float32", threads_per_worker=2)
+    assert (wide.workers, wide.threads_per_worker) == (1, 2)
+    assert wide._model_pool.submit(__import__("torch").get_num_threads).result() == 2
+    assert wide.embed(["one text"]).shape == (1, DIM)
