@@ -70,14 +70,14 @@ def embedding_runtime_env() -> dict[str, Any]:
     """Process environment of every EmbeddingActor (pipeline and benchmarks alike).
 
     ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that reach a barrier sleep
-    instead of spinning.  In a pipeline the model shares the cores with the
-    reader, the writer and PostgreSQL; spinning threads burned their CPU (a
-    2-thread embedder used 11 % more CPU in a burst than embedding alone).
-    Measured on 2 cores with one 2-thread actor: end-to-end bursts 469-491
-    rows/s sleeping vs 439-481 spinning, while embedding alone got ~10 %
-    slower (the threads wake later); single-thread actors have no barriers and
-    are unaffected.  It has to be in the environment before torch loads, hence
-    a runtime_env.  A value the user exported is kept.
+    instead of spinning.  It matters when model workers have several torch
+    threads (``threads_per_worker > 1``; the default single-thread workers
+    have no barriers).  In a pipeline the model shares the cores with the
+    reader, the writer and PostgreSQL, and spinning threads burned their CPU:
+    measured on 2 cores with one 2-thread team, end-to-end bursts 469-491
+    rows/s sleeping vs 439-481 spinning, embedding alone ~10 % slower.  It has
+    to be in the environment before torch loads, hence a runtime_env.  A
+    value the user exported is kept.
     """
     policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     return {"env_vars": {"OMP_WAIT_POLICY": policy}}

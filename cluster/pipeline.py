@@ -191,21 +191,22 @@ class PipelineCoordinator:
             self.acked_lsn = lsn
             self._acked_changed.notify_all()
 
-    def wait_acked(self, lsn: int, timeout: float) -> bool:
-        """Block until every change up to ``lsn`` is durably written and being
-        confirmed to the slot, or ``timeout`` s pass; True if it was.
+    def wait_acked(self, lsn: int, timeout: float) -> int:
+        """Block until every change up to ``lsn`` is durably written (and being
+        confirmed to the slot); returns the acknowledged LSN then (>= ``lsn``),
+        or 0 if ``timeout`` s passed first.
 
         For callers that need "caught up to this commit" without polling the
-        slot (benchmarks, tests): a blocked waiter costs no CPU.
+        slot or the sink (benchmarks, tests): a blocked waiter costs no CPU.
         """
         deadline = time.monotonic() + timeout
         with self._acked_changed:
             while self.acked_lsn < lsn:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return False
+                    return 0
                 self._acked_changed.wait(left)
-            return True
+            return self.acked_lsn
 
     def _applied(self, entry: _Entry, result: Any) -> None:
         rows = result.upserts + result.deletes
@@ -286,7 +287,7 @@ class PipelineActor:
             pass
         return stats
 
-    def wait_acked(self, lsn: int, timeout: float = 60.0) -> bool:
+    def wait_acked(self, lsn: int, timeout: float = 60.0) -> int:
         """See :meth:`PipelineCoordinator.wait_acked`."""
         return self.coordinator.wait_acked(lsn, timeout)
 

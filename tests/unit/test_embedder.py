@@ -235,6 +235,28 @@ def test_plan_batches_cuts_before_padding_dominates():
     assert batches == [list(range(10)), [10, 11, 12]]
 
 
+def test_plan_passes_evens_out_over_the_workers():
+    e = bare(64, 4096)
+    e.workers = 2
+    long = [136] * 72  # the budget alone gives passes of 30, 30 and 12
+    assert [len(b) for b in e.plan_batches(long)] == [30, 30, 12]
+    evened = e.plan_passes(long)
+    assert [len(b) for b in evened] == [18, 18, 18, 18]
+    assert sorted(i for b in evened for i in b) == list(range(72))
+    # already a multiple of the workers, or a single worker: the plan is kept
+    assert e.plan_passes([10] * 256) == e.plan_batches([10] * 256)
+    e.workers = 1
+    assert e.plan_passes(long) == e.plan_batches(long)
+
+
+def test_plan_passes_splits_a_small_call_for_two_workers():
+    e = bare(64, 4096)
+    e.workers = 2
+    assert [len(b) for b in e.plan_passes([12] * 3)] == [2, 1]
+    assert e.plan_passes([12]) == [[0]]
+    assert e.plan_passes([]) == []
+
+
 def test_plan_batches_empty():
     assert bare(4, 100).plan_batches([]) == []
 

@@ -25,26 +25,26 @@ def test_wait_acked_times_out_below_the_lsn():
     c = coordinator()
     c._advance_acked(100)
     started = time.monotonic()
-    assert c.wait_acked(101, timeout=0.2) is False
+    assert c.wait_acked(101, timeout=0.2) == 0
     assert time.monotonic() - started >= 0.19
 
 
 def test_wait_acked_returns_at_once_when_already_acked():
     c = coordinator()
     c._advance_acked(500)
-    assert c.wait_acked(500, timeout=0) is True
-    assert c.wait_acked(200, timeout=0) is True
+    assert c.wait_acked(500, timeout=0) == 500
+    assert c.wait_acked(200, timeout=0) == 500  # what is acked, not what was asked
 
 
 def test_wait_acked_wakes_when_the_ack_reaches_the_lsn():
     c = coordinator()
-    results: list[tuple[bool, int]] = []
-    waiter = threading.Thread(target=lambda: results.append((c.wait_acked(300, timeout=30), c.acked_lsn)))
+    results: list[int] = []
+    waiter = threading.Thread(target=lambda: results.append(c.wait_acked(300, timeout=30)))
     waiter.start()
     c._advance_acked(200)  # below: the waiter keeps waiting
     waiter.join(0.1)
     assert waiter.is_alive()
-    c._advance_acked(300)
+    c._advance_acked(350)
     waiter.join(10)
     assert not waiter.is_alive()
-    assert results == [(True, 300)]
+    assert results == [350]
