@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: seconds between unsolicited standby status updates (the server's default
 #: wal_sender_timeout is 60 s; stay well inside it)
 STATUS_INTERVAL_S = 5.0
+#: longest wait for the rest of a transaction already begun (normally < 1 ms away)
+COMMIT_WAIT_S = 0.05
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 #: keys whose last emitted text hash is remembered (lets payload-only updates skip the model)
 TEXT_HASH_CACHE_ENTRIES = 100_000
@@ -258,6 +260,15 @@ class PgChangeSource:
                     # take it (no waiting) so batches grow; otherwise hand out
                     # what we have rather than wait.
                     if select.select([pgconn.socket], [], [], 0)[0]:
+                        pgconn.consume_input()
+                        continue
+                    # ...but not between a transaction's last row and its
+                    # COMMIT.  pgoutput sends a transaction whole once it has
+                    # committed, so the rest is already on its way (in
+                    # separate messages); a batch cut before the COMMIT could
+                    # not confirm that commit when written, and the slot would
+                    # lag the written rows until the next idle read.
+                    if self._in_txn and select.select([pgconn.socket], [], [], COMMIT_WAIT_S)[0]:
                         pgconn.consume_input()
                         continue
                     break

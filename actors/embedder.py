@@ -298,7 +298,7 @@ class Embedder:
     def prepare(self, texts: Sequence[str]) -> "Prepared":
         """CPU-side work for ``texts``: de-duplicate, tokenize, plan, pad.
 
-        Runs on the caller's thread, not the model thread, so a threaded
+        Runs on the caller's thread, not a model worker, so a threaded
         actor tokenizes the next batch while the current one is in the model
         (the Rust tokenizer releases the GIL).
         """

@@ -191,6 +191,8 @@ class Bench:
         """
         import ray
 
+        from actors.changes import parse_lsn
+
         pipeline = self.running.pipeline
         texts = self.texts(int(rate * seconds) + 1)
         commits: list[tuple[int, float]] = []  # (WAL position after the commit, commit time), in commit order
@@ -222,9 +224,17 @@ class Bench:
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            self.conn.execute("INSERT INTO docs (title, body) VALUES (%s, %s)", (f"s{i}", text))
+            # The WAL position right after the row's own insert record, before
+            # its commit record: written-up-to >= it means this commit was
+            # written.  A position read after the commit can land past
+            # unrelated WAL (the checkpointer logs a snapshot record every
+            # 15 s), which only an idle read's acknowledgement passes later.
+            row = self.conn.execute(
+                "INSERT INTO docs (title, body) VALUES (%s, %s) RETURNING pg_current_wal_insert_lsn()::text",
+                (f"s{i}", text),
+            ).fetchone()
             committed = time.perf_counter()
-            lsn = self.wal_position()
+            lsn = parse_lsn(row[0]) or 0
             with new_commit:
                 commits.append((lsn, committed))
                 new_commit.notify()

@@ -7,7 +7,7 @@ import time
 import psycopg
 
 from actors.cdc_reader import PgChangeSource
-from actors.changes import ChangeBatch
+from actors.changes import ChangeBatch, parse_lsn
 from actors.source_schema import inspect_source
 from cluster.config import config_from_dict
 from tests.support.harness import current_lsn
@@ -72,3 +72,30 @@ def test_a_restart_does_not_confirm_what_it_has_not_read_again(books: str) -> No
     assert rest[-1].ack_lsn is not None and rest[-1].ack_lsn >= after[1]
     source.ack(rest[-1].ack_lsn)
     source.close()
+
+
+def test_a_batch_carries_the_commit_of_its_last_transaction(books: str) -> None:
+    """A small transaction arrives as several messages (BEGIN, rows, COMMIT).
+    A batch cut between its last row and its COMMIT could not confirm that
+    commit when written: the slot (and anyone waiting on it) then lagged
+    behind the written data until the next idle read.  Every batch handed
+    out at light load must end on a commit."""
+    source = _source(books)
+    source.start(backfill=True)
+    while not source.read_batch(1000, 0.5).snapshot_complete:
+        pass
+    try:
+        with psycopg.connect(books, autocommit=True) as conn:
+            for i in range(60):
+                # the WAL position after the row's insert record, before its commit record
+                inserted_at = parse_lsn(conn.execute(
+                    "INSERT INTO books (name, description) VALUES (%s, 'x') RETURNING pg_current_wal_insert_lsn()::text",
+                    (f"row {i}",),
+                ).fetchone()[0])
+                batch = _read_until(source, 1, max_changes=100)[0]
+                assert [c.payload["name"] for c in batch.changes] == [f"row {i}"]
+                assert batch.ack_lsn is not None and batch.ack_lsn > inserted_at, (
+                    f"transaction {i}: the batch with its row stops before its commit"
+                )
+    finally:
+        source.close()
