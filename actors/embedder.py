@@ -163,9 +163,8 @@ class Embedder:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             # ``threads`` CPU threads as ``workers`` model workers of
-            # ``threads_per_worker`` torch threads each (see the model pool below)
-            # the caller's own torch thread count is left alone: only the
-            # model workers' is set (pin_torch_threads)
+            # ``threads_per_worker`` torch threads each (see the model pool
+            # below).  The caller's own torch thread count is left alone.
             threads = threads or torch.get_num_threads()
             self.threads_per_worker = max(1, min(threads_per_worker, threads))
             self.workers = max(1, threads // self.threads_per_worker)
