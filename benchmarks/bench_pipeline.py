@@ -196,7 +196,7 @@ class Bench:
 
         pipeline = self.running.pipeline
         texts = self.texts(int(rate * seconds) + 1)
-        commits: list[tuple[int, float]] = []  # (WAL position after the commit, commit time), in commit order
+        commits: list[tuple[int, float]] = []  # (WAL position of the row, commit time), in commit order
         written_at: list[float] = []
         new_commit = threading.Condition()
         done = threading.Event()
@@ -226,10 +226,11 @@ class Bench:
             if delay > 0:
                 time.sleep(delay)
             # The WAL position right after the row's own insert record, before
-            # its commit record: written-up-to >= it means this commit was
-            # written.  A position read after the commit can land past
-            # unrelated WAL (the checkpointer logs a snapshot record every
-            # 15 s), which only an idle read's acknowledgement passes later.
+            # its commit record: an acknowledgement at or past it covers this
+            # commit.  A position read after the commit could also cover
+            # unrelated WAL logged meanwhile (such as the running-transactions
+            # record the background writer logs every 15 s), which only a
+            # later idle read acknowledges.
             row = self.conn.execute(
                 "INSERT INTO docs (title, body) VALUES (%s, %s) RETURNING pg_current_wal_insert_lsn()::text",
                 (f"s{i}", text),
