@@ -72,6 +72,16 @@ def pin_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def model_workers(threads: int, threads_per_worker: int = 1) -> tuple[int, int]:
+    """(model workers, torch threads each) for ``threads`` CPU threads.
+
+    ``threads / threads_per_worker`` workers (at least one); a worker never
+    has more threads than the whole.
+    """
+    per_worker = max(1, min(threads_per_worker, threads))
+    return max(1, threads // per_worker), per_worker
+
+
 class EmbedderError(RuntimeError):
     """The model cannot be loaded or used; message says what to fix."""
 
@@ -165,9 +175,7 @@ class Embedder:
             # ``threads`` CPU threads as ``workers`` model workers of
             # ``threads_per_worker`` torch threads each (see the model pool
             # below).  The caller's own torch thread count is left alone.
-            threads = threads or torch.get_num_threads()
-            self.threads_per_worker = max(1, min(threads_per_worker, threads))
-            self.workers = max(1, threads // self.threads_per_worker)
+            self.workers, self.threads_per_worker = model_workers(threads or torch.get_num_threads(), threads_per_worker)
         else:
             # one stream of passes keeps a GPU busy; the host side stays serial
             self.threads_per_worker = torch.get_num_threads()
@@ -278,7 +286,7 @@ class Embedder:
             batches.append(current)
         return batches
 
-    def plan_passes(self, lengths: Sequence[int]) -> list[list[int]]:
+    def plan_passes(self, lengths: Sequence[int], workers: int = 0) -> list[list[int]]:
         """:meth:`plan_batches`, evened out over the model workers.
 
         The passes of one call run in parallel, and the call ends with its
@@ -286,9 +294,10 @@ class Embedder:
         busy for 42 texts' time, in passes of 18 for 36.  When the pass count
         is not a multiple of the workers, the texts per pass are lowered so
         that it becomes one (the token budget and padding rules still apply).
+        ``workers`` defaults to this Embedder's.
         """
         batches = self.plan_batches(lengths)
-        workers = getattr(self, "workers", 1)
+        workers = workers or getattr(self, "workers", 1)
         if workers > 1 and len(batches) % workers:
             rounds = -(-len(batches) // workers)
             batches = self.plan_batches(lengths, max_texts=-(-len(lengths) // (rounds * workers)))

@@ -15,7 +15,7 @@ import ray
 
 from actors.cdc_reader import PgChangeSource
 from actors.changes import ChangeBatch
-from actors.embedder import Embedder
+from actors.embedder import Embedder, model_workers
 from actors.sinks.base import SearchHit, open_sink
 from actors.source_schema import TableSpec
 from actors.writer import ApplyResult, Writer
@@ -83,15 +83,15 @@ def embedding_runtime_env() -> dict[str, Any]:
     return {"env_vars": {"OMP_WAIT_POLICY": policy}}
 
 
-def embedding_actor_concurrency(threads: int, threads_per_worker: int) -> int:
+def embedding_actor_concurrency(threads: int, threads_per_worker: int, gpu: bool = False) -> int:
     """Calls an EmbeddingActor runs at once: one per model worker, plus one.
 
     The passes of one call already spread over the workers; the extra calls
     keep workers busy when batches are small (one pass each) and let the next
     batch be tokenized and padded while the model runs, so the model never
-    waits for the tokenizer.
+    waits for the tokenizer.  On a GPU an Embedder has one worker.
     """
-    return max(1, threads // max(1, threads_per_worker)) + 1
+    return (1 if gpu else model_workers(threads, threads_per_worker)[0]) + 1
 
 
 @ray.remote(max_concurrency=2)

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from actors.embedder import Embedder, pin_torch_threads, resolve_model_path
+    from actors.embedder import Embedder, model_workers, pin_torch_threads, resolve_model_path
 
     pin_torch_threads(threads)  # sentence-transformers runs on this thread
     model_path = resolve_model_path(args.model)
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_batch_tokens=mbt, dtype=d)
 
     pools: dict[tuple[str, int], list[Any]] = {}
+    in_flight: dict[tuple[str, int], int] = {}  # calls per actor at once, as the pipeline allows
     ray_started = None
     if not args.no_actors:
         import ray
@@ -301,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                     EmbeddingActor.options(
                         num_cpus=0, runtime_env=embedding_runtime_env(),
                         max_concurrency=embedding_actor_concurrency(per_actor, config.threads_per_worker),
-                    ).remote(
-                        config, per_actor, "WARNING") for _ in range(n)
+                    ).remote(config, per_actor, "WARNING")
+                    for _ in range(n)
                 ]
+                in_flight[(d, n)] = embedding_actor_concurrency(per_actor, config.threads_per_worker)
         ray.get([a.info.remote() for pool in pools.values() for a in pool])
         ray_started = round(time.perf_counter() - t0, 1)
         for (d, n), pool in pools.items():
@@ -311,9 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in WORKLOADS:
                 # at least 4 chunks per actor, so the last chunk does not leave the others idle
                 chunk = max(1, min(args.chunk, math.ceil(len(texts[kind]) / (4 * n))))
-                in_flight = embedding_actor_concurrency(per_actor, 1)
-                run = actor_pool_runner(pool, texts[kind], chunk, in_flight)
-                warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16, in_flight)
+                run = actor_pool_runner(pool, texts[kind], chunk, in_flight[(d, n)])
+                warm = actor_pool_runner(pool, texts[kind][: 16 * n], 16, in_flight[(d, n)])
                 add(f"actors x{n} ({per_actor} thr) {TAGS[d]}", kind, run, warm, kind_="d", actors=n,
                     threads_per_actor=per_actor, chunk=chunk, dtype=d)
 
@@ -368,13 +369,14 @@ def main(argv: list[str] | None = None) -> int:
             ratio = padded_ratio(st_groups(texts[kind], m["batch_size"]), lengths)
         elif m["kind_"] == "c":
             set_ours(embedder, m["batch_size"], m["max_batch_tokens"])
-            ratio = padded_ratio(embedder.plan_batches(lengths), lengths)
-        else:  # actors: each chunk (input order) is planned separately with the config defaults
+            ratio = padded_ratio(embedder.plan_passes(lengths), lengths)
+        else:  # actors: each chunk (input order) is planned separately, config defaults, the actor's workers
             set_ours(embedder, default_bs, default_mbt)
+            workers = model_workers(m["threads_per_actor"])[0]
             groups = []
             for start in range(0, len(lengths), m["chunk"]):
                 part = lengths[start : start + m["chunk"]]
-                groups += [[start + i for i in g] for g in embedder.plan_batches(part)]
+                groups += [[start + i for i in g] for g in embedder.plan_passes(part, workers)]
             ratio = padded_ratio(groups, lengths)
         padding.setdefault(m["contender"], {})[kind] = ratio
     set_ours(embedder, default_bs, default_mbt)

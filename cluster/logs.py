@@ -33,10 +33,12 @@ def error_line(exc: BaseException, with_type: bool = False) -> str:
     """
     while getattr(exc, "cause", None) is not None:
         exc = exc.cause  # type: ignore[attr-defined]
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = (lines[-1] if "Traceback" in str(exc) else lines[0]).strip() if lines else ""
+    message = str(exc)
+    remote_traceback = "Traceback" in message
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    text = (lines[-1] if remote_traceback else lines[0]).strip() if lines else ""
     remote = re.match(r"^[\w.]+(?:Error|Exception): (.+)$", text)
-    if remote and "Traceback" in str(exc):
+    if remote and remote_traceback:
         text = remote.group(1)  # "pkg.mod.SinkError: message" from a remote traceback
     if with_type or not text:
         return f"{type(exc).__name__}: {text}".rstrip(": ")

@@ -99,7 +99,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         EmbeddingActor.options(
             name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
             max_restarts=-1, runtime_env=embedding_runtime_env(),
-            max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker),
+            max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker, use_gpu),
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]

@@ -76,7 +76,8 @@ class QdrantSink(VectorSink):
         # the local backend behind the client directly; its API is the
         # client's.  A server keeps the public client.
         local = getattr(self.client, "_client", None)
-        self._writes: Any = local if isinstance(local, QdrantLocal) else self.client
+        self._local: QdrantLocal | None = local if isinstance(local, QdrantLocal) else None
+        self._writes: Any = self._local or self.client
 
     # -- set-up -----------------------------------------------------------------
 
@@ -132,8 +133,7 @@ class QdrantSink(VectorSink):
         behaviour.
         """
         self._transactions = []
-        local = getattr(self.client, "_client", None)
-        collections = getattr(local, "collections", None) or {}
+        collections = getattr(self._local, "collections", None) or {}
         for name in (self.collection, self.state_collection):
             persistence = getattr(collections.get(name), "storage", None)
             conn = getattr(persistence, "storage", None)

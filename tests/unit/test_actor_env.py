@@ -20,3 +20,4 @@ def test_embedding_actor_runs_one_call_per_model_worker_plus_one():
     assert embedding_actor_concurrency(2, 2) == 2  # one 2-thread worker
     assert embedding_actor_concurrency(1, 1) == 2
     assert embedding_actor_concurrency(8, 3) == 3  # 2 workers of 3 threads (threads // threads_per_worker)
+    assert embedding_actor_concurrency(8, 1, gpu=True) == 2  # an Embedder on a GPU has one worker

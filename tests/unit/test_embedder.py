@@ -245,6 +245,7 @@ def test_plan_passes_evens_out_over_the_workers():
     assert sorted(i for b in evened for i in b) == list(range(72))
     # already a multiple of the workers, or a single worker: the plan is kept
     assert e.plan_passes([10] * 256) == e.plan_batches([10] * 256)
+    assert e.plan_passes(long, workers=1) == e.plan_batches(long)  # an explicit count wins
     e.workers = 1
     assert e.plan_passes(long) == e.plan_batches(long)
 
