@@ -291,16 +291,20 @@ class Embedder:
 
         The passes of one call run in parallel, and the call ends with its
         last pass: 72 long texts in passes of 30, 30 and 12 keep two workers
-        busy for 42 texts' time, in passes of 18 for 36.  When the pass count
-        is not a multiple of the workers, the texts per pass are lowered so
-        that it becomes one (the token budget and padding rules still apply).
-        ``workers`` defaults to this Embedder's.
+        busy for 42 texts' time, in passes of 18 for 36.  So no pass may hold
+        more than an even share of the texts over ``rounds x workers`` passes
+        (the token budget and padding rules still apply, and may cut more).
+        The cap matters even when the count already divides: the padding rule
+        cut 16 long texts into passes of 14 and 2, which one worker ran alone
+        for most of the call.  ``workers`` defaults to this Embedder's.
         """
         batches = self.plan_batches(lengths)
         workers = workers or getattr(self, "workers", 1)
-        if workers > 1 and len(batches) % workers:
+        if workers > 1 and len(batches) > 0:
             rounds = -(-len(batches) // workers)
-            batches = self.plan_batches(lengths, max_texts=-(-len(lengths) // (rounds * workers)))
+            cap = -(-len(lengths) // (rounds * workers))
+            if any(len(b) > cap for b in batches):
+                batches = self.plan_batches(lengths, max_texts=cap)
         return batches
 
     def prepare(self, texts: Sequence[str]) -> "Prepared":

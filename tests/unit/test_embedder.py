@@ -250,6 +250,16 @@ def test_plan_passes_evens_out_over_the_workers():
     assert e.plan_passes(long) == e.plan_batches(long)
 
 
+def test_plan_passes_caps_a_pass_the_padding_rule_left_large():
+    e = bare(64, 16384)
+    e.workers = 2
+    lengths = [100] * 14 + [130] * 2  # padding cuts after the 14 short ones: passes of 14 and 2
+    assert [len(b) for b in e.plan_batches(lengths)] == [14, 2]
+    evened = e.plan_passes(lengths)
+    assert max(len(b) for b in evened) == 8
+    assert sorted(i for b in evened for i in b) == list(range(16))
+
+
 def test_plan_passes_splits_a_small_call_for_two_workers():
     e = bare(64, 4096)
     e.workers = 2
