@@ -266,6 +266,8 @@ def _bench_command(name: str, module: str, summary: str) -> None:
         import importlib
 
         mod = importlib.import_module(module)
+        # as if run as `python -m <module> <args>`: the result JSON records sys.argv as its command
+        sys.argv = [module, *ctx.args]
         sys.exit(mod.main(list(ctx.args)))
 
 

@@ -91,6 +91,16 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         )
         assert app.stats()["embedding"]["texts"] == embedded_before
 
+        # a text over the model's token limit is embedded truncated, and /stats counts it
+        truncated_before = app.stats()["truncated_texts"]
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO books (name, description, author, year) VALUES (%s, %s, %s, %s)",
+                ("A Very Long Book", " ".join(f"chapter{i % 90} of the saga" for i in range(300)), "Anon", 2001),
+            )
+        wait_for(lambda: app.stats()["truncated_texts"] == truncated_before + 1, 15, "/stats to count the truncated text")
+        assert app.stats()["embedding"]["truncated"] == truncated_before + 1
+
         # nothing listens beyond loopback: Ray, Serve, workers, and PostgreSQL
         assert non_loopback_listeners([app.cli.proc.pid, postmaster_pid(pg.data_dir)]) == []
 
