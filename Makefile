@@ -6,21 +6,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test unit integration system-deps install bench clean
+.PHONY: demo test unit contract integration system-deps install bench clean
 
 demo: install
 	$(BIN)/embedcluster demo --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests/contract -q -p no:cacheprovider
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -x
 
 unit: install
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+
+# the VectorSink contract, one set of cases on every sink (tests/contract/conftest.py: SINK_KINDS)
+contract: install
+	$(BIN)/python -m pytest tests/contract -q -p no:cacheprovider
 
 integration: install
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider

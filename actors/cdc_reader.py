@@ -40,7 +40,7 @@ from actors.pgoutput import (
     standby_status,
 )
 from actors.source_schema import SourceError, TableSpec, connect, drop_slot, ensure_publication
-from cluster.config import SourceConfig
+from actors.source_config import SourceConfig
 
 log = logging.getLogger(__name__)
 

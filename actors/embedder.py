@@ -17,15 +17,46 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
+
+from actors.config import Section
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 #: a forward pass is cut before padding exceeds this share of its tokens
 MAX_PADDING_FRACTION = 0.1  # 0.2 -> 0.1: +14 % sentences/s on mixed lengths (benchmarks/results/embed_knobs_ab.json)
+
+
+class EmbeddingConfig(Section):
+    """``[embedding]``: model and actor pool (what an :class:`Embedder` and its actors are built from)."""
+
+    model: str = DEFAULT_MODEL
+    actors: int = Field(default=1, ge=1, le=1024)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=64, ge=1, le=8192)
+    #: token budget per forward pass (texts sorted by length, cut by total
+    #: tokens); 0 = 4096 on CPU (measured best here), 16384 on CUDA
+    max_batch_tokens: int = Field(default=0, ge=0)
+    #: torch threads per actor on CPU; 0 = cores / actors
+    threads: int = Field(default=0, ge=0, le=512)
+    #: CPU: an actor runs threads / threads_per_worker model workers, each
+    #: doing whole forward passes with this many torch threads.  1 (default)
+    #: is the fastest for throughput (no barriers between threads); more
+    #: shortens the latency of one large pass.
+    threads_per_worker: int = Field(default=1, ge=1, le=512)
+    #: CPUs Ray reserves per embedding actor
+    cpus_per_actor: float = Field(default=1.0, ge=0)
+    #: GPUs per actor on CUDA (fractions share one GPU)
+    gpus_per_actor: float = Field(default=1.0, ge=0)
+    #: "auto" = fp16 on CUDA; on CPU bf16 where the CPU has native bf16
+    #: (AVX512-BF16 / AMX), else fp32
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_length: int = Field(default=0, ge=0, le=8192)  # 0 = the model's own limit
+    compile: bool = False
 
 
 def cpu_has_native_bf16() -> bool:

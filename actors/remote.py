@@ -15,12 +15,12 @@ import ray
 
 from actors.cdc_reader import PgChangeSource
 from actors.changes import ChangeBatch
-from actors.embedder import Embedder, model_workers
+from actors.embedder import Embedder, EmbeddingConfig, model_workers
 from actors.sinks.base import SearchHit, open_sink
 from actors.source_schema import TableSpec
 from actors.writer import ApplyResult, Writer
-from cluster.config import EmbeddingConfig, SinkConfig, SourceConfig
-from cluster.logs import setup_logging
+from actors.logs import setup_logging
+from actors.source_config import SourceConfig
 
 
 @ray.remote(num_cpus=0)
@@ -139,7 +139,7 @@ class WriterActor:
     most one ``apply`` in flight, so batches are applied strictly in order.
     """
 
-    def __init__(self, sink: SinkConfig, slot: str, log_level: str = "INFO") -> None:
+    def __init__(self, sink: Any, slot: str, log_level: str = "INFO") -> None:
         setup_logging(log_level)
         self.writer = Writer(open_sink(sink), slot)
 
@@ -168,6 +168,12 @@ class WriterActor:
     def text_hashes(self, point_ids: list[str]) -> dict[str, str]:
         """Stored content hash of each id present (what a freshness probe polls)."""
         return self.writer.sink.text_hashes(point_ids)
+
+    @ray.method(concurrency_group="query")
+    def ping(self) -> bool:
+        """True when the sink answers (the search app's health check; never waits behind ``apply``)."""
+        self.writer.sink.ping()
+        return True
 
     @ray.method(concurrency_group="query")
     def count(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from actors.pgoutput import convert_text_value
-from cluster.config import SourceConfig, TableConfig
+from actors.source_config import SourceConfig, TableConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,14 @@ def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[
     if row[0] or current != set(tables):
         conn.execute(f'ALTER PUBLICATION "{publication}" SET TABLE {quoted}')
         log.info("publication %s now covers %s", publication, ", ".join(tables))
+
+
+def drop_publication(conn: psycopg.Connection, publication: str) -> bool:
+    """Drop ``publication`` if it exists; False if there was none."""
+    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    if exists:
+        conn.execute(f'DROP PUBLICATION "{publication}"')
+    return exists is not None
 
 
 def _quote_table(name: str) -> str:

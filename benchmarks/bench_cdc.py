@@ -35,7 +35,6 @@ import cProfile
 import io
 import logging
 import multiprocessing as mp
-import os
 import pstats
 import random
 import statistics
@@ -50,7 +49,7 @@ from benchmarks.common import (
     CpuMeter,
     TrialResult,
     Trials,
-    command_line,
+    result_header,
     machine_info,
     plot_bars,
     print_table,
@@ -196,7 +195,7 @@ class Bench:
     def __init__(self, dsn: str, pg_pid: int | None, args: argparse.Namespace) -> None:
         from actors.cdc_reader import PgChangeSource
         from actors.source_schema import inspect_source
-        from cluster.config import SourceConfig, TableConfig
+        from actors.source_config import SourceConfig, TableConfig
 
         self.dsn = dsn
         self.args = args
@@ -518,11 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     elapsed = round(time.perf_counter() - t_start, 1)
     data = {
-        "benchmark": "cdc",
-        "command": command_line("benchmarks.bench_cdc"),
+        **result_header("cdc", "benchmarks.bench_cdc", machine),
         "quick": args.quick,
         "elapsed_s": elapsed,
-        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "postgres": {"version": server_version, **settings},
         "implementation": implementation_fingerprint(),
         "settings": {

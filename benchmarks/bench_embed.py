@@ -53,7 +53,7 @@ from benchmarks.common import (
     CLEAN_MAX_OTHER_CORES,
     TrialResult,
     Trials,
-    command_line,
+    result_header,
     init_ray,
     machine_info,
     plot_bars,
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         from actors.remote import EmbeddingActor, embedding_actor_concurrency, embedding_runtime_env
-        from cluster.config import EmbeddingConfig
+        from actors.embedder import EmbeddingConfig
 
         t0 = time.perf_counter()
         init_ray(num_cpus=cores)
@@ -490,12 +490,9 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = round(time.perf_counter() - t_start, 1)
     data = {
-        "benchmark": "embed",
-        "command": command_line("benchmarks.bench_embed"),
+        **result_header("embed", "benchmarks.bench_embed", {**machine, "cpu_native_bf16": native_bf16}),
         "quick": args.quick,
         "elapsed_s": elapsed,
-        "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "cpu_native_bf16": native_bf16},
         "contention_note": (
             "others' load = median CPU cores busy with processes outside this benchmark's process tree "
             "during a trial (from /proc/stat); above ~0.2 on a 2-core machine the wall-clock rates are "

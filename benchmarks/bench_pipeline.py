@@ -21,7 +21,6 @@ and measures, in one run on the same machine and model:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -29,12 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 from benchmarks.bench_embed import make_texts  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    command_line,
-    machine_info,
+    result_header,
     plot_bars,
     print_table,
     write_json,
@@ -315,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     efficiency = burst_rate / embed_rate
     report = {
-        "benchmark": "pipeline",
-        "command": command_line("benchmarks.bench_pipeline"),
-        "machine": machine_info(),
+        **result_header("pipeline", "benchmarks.bench_pipeline"),
         "model": args.model,
         "settings": {
             "workload": args.workload, "rows_per_trial": rows, "trials": args.trials, "actors": args.actors,

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_writer [--out FILE] [--trials 5] [--rows-per-trial 8192]
 
-Starts a throwaway ``mariadbd`` (``benchmarks.mariadb_server``), then for each
+Starts a throwaway ``mariadbd`` (``cluster.mariadb_server``), then for each
 batch size upserts fresh 384-d random unit vectors through ``MySQLSink.upsert``
 -- one committed (durable) transaction per batch, exactly what the pipeline's
 writer does.  Per batch size: a warm-up that is not measured, then several
@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,10 @@ from pydantic import SecretStr
 from actors.changes import point_id, text_hash
 from actors.sinks.base import VectorPoint
 from actors.sinks.mysql import MySQLSink
-from benchmarks.mariadb_server import MariaDBServer
-from cluster.config import SinkConfig
+from actors.sinks.mysql.config import MySQLSinkConfig
+from benchmarks.common import machine_info as host_info
+from benchmarks.common import result_header
+from cluster.mariadb_server import MariaDBServer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "writer_mariadb.json"
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024)
@@ -72,25 +72,7 @@ def make_points(
 
 
 def machine_info(server: MariaDBServer) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 0
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    """The common machine description plus the private server's durability-relevant settings."""
     with server.root_connection() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT @@innodb_flush_log_at_trx_commit, @@innodb_buffer_pool_size, @@max_allowed_packet, "
@@ -100,13 +82,7 @@ def machine_info(server: MariaDBServer) -> dict[str, Any]:
     import pymysql
 
     return {
-        "cpu_model": cpu,
-        "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_usable": usable,
-        "memory_gib": mem_gib,
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
+        **host_info(),
         "pymysql": pymysql.__version__,
         "mariadb_version": server.version,
         "mariadb_settings": {
@@ -120,8 +96,8 @@ def machine_info(server: MariaDBServer) -> dict[str, Any]:
     }
 
 
-def _sink_config(server: MariaDBServer, table: str) -> SinkConfig:
-    return SinkConfig(
+def _sink_config(server: MariaDBServer, table: str) -> MySQLSinkConfig:
+    return MySQLSinkConfig(
         kind="mysql", dsn=server.dsn(), table=table, dialect="portable", password=SecretStr(server.password)
     )
 
@@ -225,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with MariaDBServer(extra_args=server_args) as server:
         info = machine_info(server)
-        print(f"MariaDB {server.version} on {info['cpu_model']} ({info['cpu_cores_usable']} usable cores), "
+        print(f"MariaDB {server.version} on {info['cpu_model']} ({info['cores']} usable cores), "
               f"Python {info['python']}; {args.trials} trials x {args.rows_per_trial} rows, dim {args.dim}")
         load_before = os.getloadavg()
         batch_runs = [_BatchRun(server, batch, args.dim, seed=1000 + i) for i, batch in enumerate(sizes)]
@@ -244,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         info["load_average_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
 
     result = {
-        "benchmark": "MySQLSink.upsert into MariaDB, portable dialect (durable commit per batch)",
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **result_header("MySQLSink.upsert into MariaDB, portable dialect (durable commit per batch)",
+                        "benchmarks.bench_writer", info),
         "dimension": args.dim,
         "vectors": "random normal, L2-normalised float32",
         "warmup": "max(2 x batch, 1024) rows per batch size, excluded",
         "trial_order": "interleaved across batch sizes",
-        "machine": info,
         "upsert": runs,
         "portable_exact_search": search,
     }

@@ -6,7 +6,8 @@
   summarises them (median, min, max, stdev).
 * :func:`write_json`, :func:`print_table` and :func:`plot_bars` write the
   results; the plot degrades to a message when matplotlib is not installed.
-* :func:`init_ray` starts a private, loopback-only Ray for the benchmarks.
+* :func:`init_ray` starts a private, loopback-only Ray (the product's ``start_ray``).
+* :func:`result_header` is how every result JSON begins.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-# Ray binds the machine's non-loopback address unless told otherwise; a
-# benchmark's single-node cluster must stay on 127.0.0.1.  Must be set before
-# ray is imported anywhere.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import cluster  # noqa: E402,F401 - before Ray is imported anywhere: keeps Ray on loopback (cluster/__init__.py)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -462,27 +461,25 @@ def plot_bars(
 
 
 def init_ray(num_cpus: int, env_vars: dict[str, str] | None = None) -> None:
-    """A private single-node Ray on 127.0.0.1 (no dashboard)."""
-    import ray
+    """A private single-node Ray on 127.0.0.1 (no dashboard): the product's own start-up, quiet."""
+    from cluster.runtime import start_ray
 
-    if ray.is_initialized():
-        return
-    env = {
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-        "TOKENIZERS_PARALLELISM": "false",
-        **(env_vars or {}),
-    }
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": env},
-        log_to_driver=False,
-        logging_level="WARNING",
-        configure_logging=True,
-    )
+    start_ray(num_cpus=num_cpus, env_vars=env_vars, quiet=True)
 
 
 def command_line(module: str) -> str:
     """The command that produced a result file, for the JSON."""
     return " ".join(["python", "-m", module, *sys.argv[1:]])
+
+
+def result_header(benchmark: str, module: str, machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields every result JSON starts with: what ran, the command that
+    reproduces it, when, and on what machine (``machine_info()`` unless given,
+    plus the load average at the end, which tells whether the run had the
+    machine to itself)."""
+    return {
+        "benchmark": benchmark,
+        "command": command_line(module),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {**(machine if machine is not None else machine_info()), "load_average_at_end": load_average()},
+    }

@@ -1,4 +1,7 @@
-"""The ``embedcluster`` command line.
+"""The ``embedcluster`` command line: parses arguments, prints results, exits.
+
+The run lifecycle (checks, Ray, actors, search app, clean stop) is
+``cluster/runtime.py``; every error reaches the user as one line (:func:`fail`).
 
 ``demo``    zero-configuration: private PostgreSQL + books, local Ray, embedded Qdrant, search app.
 ``run``     the pipeline and search app against a configured database, until SIGINT/SIGTERM.
@@ -11,19 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported anywhere
-
-from cluster.config import Config, ConfigError, config_from_dict, load_config  # noqa: E402
-from cluster.logs import error_line, setup_logging  # noqa: E402
+from actors.logs import setup_logging
+from cluster.config import Config, ConfigError, config_from_dict, load_config
 
 log = logging.getLogger("embedcluster")
 
@@ -51,76 +50,29 @@ def main(ctx: click.Context, log_level: str) -> None:
     setup_logging(log_level)
 
 
-def preflight_sink(config: Config) -> None:
-    """Model dimension and sink checked before Ray starts: bad input fails in one clean line."""
-    from actors.embedder import EmbedderError, model_dimension
-    from actors.sinks.base import SinkError, open_sink
-
-    try:
-        dimension = model_dimension(config.embedding.model)
-        sink = open_sink(config.sink)  # connects: bad URL, credentials or a locked store fail here
-        try:
-            sink.ensure_ready(dimension)  # creates the collection/table, or rejects a wrong dimension
-        finally:
-            sink.close()
-    except (EmbedderError, SinkError) as exc:
-        fail(str(exc))
-
-
 def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
-    """Validate the source, start everything, serve until SIGINT/SIGTERM, stop cleanly."""
-    from actors.source_schema import SourceError, inspect_source
-
-    try:
-        specs = inspect_source(config.source, config.tables)
-    except SourceError as exc:
-        fail(str(exc))
-    if config.sink.kind == "qdrant" and not config.sink.url and config.sink.path != ":memory:":
-        # actors may run with another working directory
-        config.sink.path = str(Path(config.sink.path).resolve())
-    preflight_sink(config)
-
+    """``run`` and ``demo``: the lifecycle is :func:`cluster.runtime.run`; this prints and exits."""
     from cluster import runtime
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    runtime.init_ray(config, log_level)
-    # after ray.init, which may install handlers of its own
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    running = None
-    try:
-        try:
-            running = runtime.launch_pipeline(config, specs, log_level)
-            url = runtime.deploy_search(config, running, log_level)
-        except runtime.StartupError as exc:
-            fail(str(exc))
+    def ready(url: str) -> None:
         click.echo(f"search app: {url}/   (API: {url}/search?q=battle+in+space&k=5)", err=False)
         if banner:
             banner(url)
         sys.stdout.flush()
-        while not stop.wait(2.0):
-            try:
-                running.stats(timeout=30)
-            except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
-                click.echo(f"error: the pipeline coordinator stopped: {error_line(exc)}", err=True)
-                running = None
-                sys.exit(1)
-    finally:
-        if running is not None:
-            try:
-                stats = running.stop()
-                click.echo(
-                    f"stopped: slot {stats['slot']} confirmed {stats['confirmed_lsn']}, "
-                    f"{stats['rows_applied']} rows applied this run"
-                )
-            except Exception as exc:  # noqa: BLE001
-                click.echo(f"error: clean stop failed: {error_line(exc)}", err=True)
-        runtime.shutdown()
+
+    try:
+        stats = runtime.run(config, log_level, on_ready=ready)
+    except runtime.StartupError as exc:
+        fail(str(exc))
+    except runtime.PipelineLost as exc:
+        fail(f"the pipeline coordinator stopped: {exc}", code=1)
+    if stats is None:
+        click.echo("error: clean stop failed (see the log above)", err=True)
+        return
+    click.echo(
+        f"stopped: slot {stats['slot']} confirmed {stats['confirmed_lsn']}, "
+        f"{stats['rows_applied']} rows applied this run"
+    )
 
 
 @main.command()
@@ -142,7 +94,8 @@ def demo(ctx: click.Context, port: int, state_dir: str, pg_port: int) -> None:
     import psycopg
 
     from cluster.demo import seed
-    from cluster.pgserver import LocalPostgres, PostgresNotFound, free_port
+    from cluster.loopback import free_port
+    from cluster.pgserver import LocalPostgres, PostgresNotFound
 
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -224,7 +177,7 @@ def status(config_path: str) -> None:
 @click.option("--yes", is_flag=True, help="really drop them")
 def drop(config_path: str, yes: bool) -> None:
     """Drop the replication slot and the publication (the next run backfills again)."""
-    from actors.source_schema import SourceError, connect, drop_slot
+    from actors.source_schema import SourceError, connect, drop_publication, drop_slot
 
     config = _load(config_path)
     if not yes:
@@ -234,12 +187,7 @@ def drop(config_path: str, yes: bool) -> None:
     try:
         with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
             click.echo(f"dropped slot {slot}" if drop_slot(conn, slot) else f"slot {slot} does not exist")
-            exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
-            if exists:
-                conn.execute(f'DROP PUBLICATION "{pub}"')
-                click.echo(f"dropped publication {pub}")
-            else:
-                click.echo(f"publication {pub} does not exist")
+            click.echo(f"dropped publication {pub}" if drop_publication(conn, pub) else f"publication {pub} does not exist")
     except SourceError as exc:
         fail(str(exc))
 

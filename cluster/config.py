@@ -1,213 +1,92 @@
-"""Validated configuration, loaded from TOML with env-var overrides for secrets.
+"""The configuration file: component settings composed into sections, loaded from TOML.
 
-One pydantic model per component.  Errors are turned into one line that names
-the offending key (``ConfigError``).  Secrets (DSN passwords) are kept in
-``SecretStr`` or masked, so they never show up in ``repr`` or logs.
+Each component owns its settings model beside its code; this module only
+places them in the file, adds the wiring's own sections (``[ray]``,
+``[pipeline]``), applies environment overrides for secrets, and turns
+validation errors into one line that names the TOML key (``ConfigError``):
+
+=================  ==========================================================
+``[source]``       :class:`actors.source_config.SourceConfig`
+``[[tables]]``     :class:`actors.source_config.TableConfig`
+``[embedding]``    :class:`actors.embedder.EmbeddingConfig`
+``[sink]``         chosen by ``kind``: :class:`actors.sinks.qdrant.config.QdrantSinkConfig`
+                   or :class:`actors.sinks.mysql.config.MySQLSinkConfig`
+``[serve]``        :class:`serve_apps.config.ServeConfig`
+=================  ==========================================================
 """
 
 from __future__ import annotations
 
 import os
-import re
-import string
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from actors.config import Section, mask_dsn
+from actors.embedder import EmbeddingConfig
+from actors.sinks.mysql.config import MySQLSinkConfig
+from actors.sinks.qdrant.config import QdrantSinkConfig
+from actors.source_config import SourceConfig, TableConfig
+from serve_apps.config import ServeConfig
+
+__all__ = [
+    "Config", "ConfigError", "EmbeddingConfig", "MySQLSinkConfig", "PipelineConfig", "QdrantSinkConfig",
+    "RayConfig", "ServeConfig", "SinkConfig", "SourceConfig", "TableConfig", "config_from_dict", "load_config",
+    "mask_dsn",
+]
 
 ENV_SOURCE_DSN = "EMBEDCLUSTER_SOURCE_DSN"
 ENV_SINK_PASSWORD = "EMBEDCLUSTER_SINK_PASSWORD"
 ENV_SINK_URL_API_KEY = "EMBEDCLUSTER_QDRANT_API_KEY"
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+#: ``[sink] kind`` -> its settings model.  A new sink adds one line here.
+SINK_KINDS: dict[str, type[Section]] = {"qdrant": QdrantSinkConfig, "mysql": MySQLSinkConfig}
+DEFAULT_SINK_KIND = "qdrant"
+#: which sink kind a secret from the environment belongs to
+_SINK_SECRETS = {"mysql": (ENV_SINK_PASSWORD, "password"), "qdrant": (ENV_SINK_URL_API_KEY, "api_key")}
+
+#: ``[sink]``: one model per kind, chosen by the ``kind`` key.
+SinkConfig = Annotated[Union[QdrantSinkConfig, MySQLSinkConfig], Field(discriminator="kind")]
 
 
 class ConfigError(ValueError):
     """Bad configuration; the message is one line naming the key and the fix."""
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (safe to log)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable dsn>"
-    if parts.password is None:
-        # key=value form: hide password=...
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SourceConfig(_Section):
-    """``[source]``: the PostgreSQL database to follow."""
-
-    dsn: SecretStr
-    slot: str = "embedcluster"
-    publication: str = "embedcluster"
-    #: upper bound on changes in one batch handed to the embedders
-    max_batch_changes: int = Field(default=256, ge=1, le=100_000)
-    #: rows per primary-key chunk while backfilling existing rows
-    backfill_chunk: int = Field(default=1000, ge=1, le=100_000)
-
-    @field_validator("slot", "publication")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
-            raise ValueError("must be 1-63 characters of lower-case letters, digits and '_'")
-        return value
-
-    @property
-    def dsn_value(self) -> str:
-        return self.dsn.get_secret_value()
-
-    @property
-    def dsn_masked(self) -> str:
-        return mask_dsn(self.dsn_value)
-
-
-class TableConfig(_Section):
-    """``[[tables]]``: one source table, how to render its text and payload."""
-
-    name: str
-    text: str = "{description}"
-    payload: list[str] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _qualified(cls, value: str) -> str:
-        parts = value.split(".")
-        if len(parts) == 1:
-            parts = ["public", parts[0]]
-        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
-            raise ValueError("must be 'schema.table' or 'table' made of letters, digits and '_'")
-        return ".".join(parts)
-
-    @field_validator("text")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-        except ValueError as exc:
-            raise ValueError(f"is not a valid format template: {exc}") from None
-        if not fields:
-            raise ValueError("must reference at least one column, e.g. '{description}'")
-        for name in fields:
-            if not _IDENT.match(name):
-                raise ValueError(f"placeholder {{{name}}} must be a plain column name")
-        return value
-
-    @property
-    def schema_name(self) -> str:
-        return self.name.split(".")[0]
-
-    @property
-    def table_name(self) -> str:
-        return self.name.split(".")[1]
-
-    @property
-    def text_columns(self) -> list[str]:
-        seen: list[str] = []
-        for _, field, _, _ in string.Formatter().parse(self.text):
-            if field is not None and field not in seen:
-                seen.append(field)
-        return seen
-
-
-class EmbeddingConfig(_Section):
-    """``[embedding]``: model and actor pool."""
-
-    model: str = "default"
-    actors: int = Field(default=1, ge=1, le=1024)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(default=64, ge=1, le=8192)
-    #: token budget per forward pass (texts sorted by length, cut by total
-    #: tokens); 0 = 4096 on CPU (measured best here), 16384 on CUDA
-    max_batch_tokens: int = Field(default=0, ge=0)
-    #: torch threads per actor on CPU; 0 = cores / actors
-    threads: int = Field(default=0, ge=0, le=512)
-    #: CPU: an actor runs threads / threads_per_worker model workers, each
-    #: doing whole forward passes with this many torch threads.  1 (default)
-    #: is the fastest for throughput (no barriers between threads); more
-    #: shortens the latency of one large pass.
-    threads_per_worker: int = Field(default=1, ge=1, le=512)
-    #: CPUs Ray reserves per embedding actor
-    cpus_per_actor: float = Field(default=1.0, ge=0)
-    #: GPUs per actor on CUDA (fractions share one GPU)
-    gpus_per_actor: float = Field(default=1.0, ge=0)
-    #: "auto" = fp16 on CUDA; on CPU bf16 where the CPU has native bf16
-    #: (AVX512-BF16 / AMX), else fp32
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_length: int = Field(default=0, ge=0, le=8192)  # 0 = the model's own limit
-    compile: bool = False
-
-
-class SinkConfig(_Section):
-    """``[sink]``: where vectors are written and searched."""
-
-    kind: Literal["qdrant", "mysql"] = "qdrant"
-    # qdrant
-    collection: str = "embedcluster"
-    url: str = ""
-    path: str = ".embedcluster/qdrant"
-    api_key: SecretStr | None = None
-    # mysql (may hold a password: kept out of repr; log dsn_masked)
-    dsn: str = Field(default="", repr=False)
-    table: str = "embeddings"
-    dialect: Literal["auto", "cloudsql", "cloudsql-preview", "mariadb", "portable"] = "auto"
-    distance: Literal["cosine"] = "cosine"
-    password: SecretStr | None = None
-
-    @field_validator("collection", "table")
-    @classmethod
-    def _sink_identifier(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
-            raise ValueError("must be 1-64 characters of letters, digits and '_', not starting with a digit")
-        return value
-
-    @property
-    def dsn_masked(self) -> str:
-        return mask_dsn(self.dsn)
-
-
-class ServeConfig(_Section):
-    """``[serve]``: the HTTP search app."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    replicas: int = Field(default=1, ge=1, le=256)
-
-
-class RayConfig(_Section):
+class RayConfig(Section):
     """``[ray]``: which Ray cluster to join ("" = start a local one on loopback)."""
 
     address: str = ""
     num_cpus: int | None = Field(default=None, ge=1)
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     """``[pipeline]``: flow control."""
 
     #: batches read but not yet written; bounds memory under any backlog
     max_inflight_batches: int = Field(default=0, ge=0, le=1024)  # 0 = 2 x actors + 2
 
 
-class Config(_Section):
+class Config(Section):
     """The whole ``embedcluster`` configuration."""
 
     source: SourceConfig
     tables: list[TableConfig] = Field(min_length=1)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
-    sink: SinkConfig = Field(default_factory=SinkConfig)
+    sink: SinkConfig = Field(default_factory=QdrantSinkConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sink_kind(cls, data: Any) -> Any:
+        # `kind` may be left out (the embedded Qdrant store); the union needs it to choose.
+        if isinstance(data, dict) and isinstance(data.get("sink"), dict) and "kind" not in data["sink"]:
+            data = {**data, "sink": {"kind": DEFAULT_SINK_KIND, **data["sink"]}}
+        return data
 
     @field_validator("tables")
     @classmethod
@@ -230,6 +109,10 @@ class Config(_Section):
 
 
 def _location(loc: tuple[Any, ...]) -> str:
+    # The sink union puts the chosen kind into the location ("sink", "mysql",
+    # "table"); the TOML key is sink.table.
+    if len(loc) > 1 and loc[0] == "sink" and loc[1] in SINK_KINDS:
+        loc = (loc[0], *loc[2:])
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -239,14 +122,34 @@ def _location(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _other_sink_key(loc: tuple[Any, ...]) -> str | None:
+    """For an unknown key under ``[sink]``: the kind it belongs to, if another sink has it."""
+    if len(loc) != 3 or loc[0] != "sink" or loc[1] not in SINK_KINDS:
+        return None
+    for kind, model in SINK_KINDS.items():
+        if kind != loc[1] and loc[2] in model.model_fields:
+            return kind
+    return None
+
+
 def _one_line(exc: ValidationError, origin: str) -> str:
     err = exc.errors()[0]
-    key = _location(err["loc"])
+    loc = tuple(err["loc"])
+    key = _location(loc)
     msg = err["msg"]
     if err["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
     if err["type"] == "extra_forbidden":
+        owner = _other_sink_key(loc)
+        if owner:
+            return (f"{origin}: key '{key}' belongs to sink.kind = '{owner}', not '{loc[1]}': remove it, "
+                    f"or set sink.kind = '{owner}'")
         return f"{origin}: unknown key '{key}' (check the spelling against the README's config reference)"
+    if err["type"] == "union_tag_invalid":
+        kinds = ", ".join(f"'{k}'" for k in SINK_KINDS)
+        return f"{origin}: {key}.kind: must be one of {kinds}, got {err['ctx']['tag']!r}"
+    if err["type"] == "model_attributes_type" and key == "sink":
+        return f"{origin}: sink must be a table of settings ([sink])"
     msg = msg.removeprefix("Value error, ")
     return f"{origin}: {key}: {msg}"
 
@@ -257,12 +160,15 @@ def config_from_dict(data: dict[str, Any], origin: str = "config", environ: dict
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if env.get(ENV_SOURCE_DSN) and isinstance(data.setdefault("source", {}), dict):
         data["source"]["dsn"] = env[ENV_SOURCE_DSN]
-    sink = data.setdefault("sink", {})
-    if isinstance(sink, dict):
-        if env.get(ENV_SINK_PASSWORD):
-            sink["password"] = env[ENV_SINK_PASSWORD]
-        if env.get(ENV_SINK_URL_API_KEY):
-            sink["api_key"] = env[ENV_SINK_URL_API_KEY]
+    sink = data.get("sink")
+    if sink is None or isinstance(sink, dict):
+        # A secret in the environment belongs to one kind of sink only: the
+        # MySQL password is no error in a Qdrant config, it just does not apply.
+        kind = (sink or {}).get("kind", DEFAULT_SINK_KIND)
+        kind = kind if isinstance(kind, str) else None
+        variable, field = _SINK_SECRETS.get(kind, (None, None))
+        if variable and env.get(variable):
+            data["sink"] = {**(sink or {}), field: env[variable]}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -11,11 +11,12 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from cluster.loopback import free_port
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ def find_pg_bin() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found; install them "
         "(apt-get install -y postgresql) or set EMBEDCLUSTER_PG_BIN to their directory"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> str | None:

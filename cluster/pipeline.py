@@ -1,33 +1,27 @@
 """The coordinator: moves batches reader -> embedders -> writer and acks the slot.
 
-Flow control and ordering live here (and nowhere else):
-
-* At most ``max_inflight_batches`` batches are between "read" and "written".
-  When the window is full the reader is not called, the replication socket is
-  not drained, and PostgreSQL holds the backlog in its WAL: memory stays
-  bounded under any backlog.
-* Embedding runs in parallel across the actor pool; writes do not: exactly one
-  ``apply`` is in flight, and batches are applied in the order they were read.
-* After batch ``n`` is written, ``ack_lsn`` of batch ``n`` is confirmed to the
-  slot.  Since batches ``1..n-1`` were written before, every change up to that
-  LSN is durable: "flush sinks, then commit offsets".
+What to read, embed, write and acknowledge when is decided by
+``cluster.flow.FlowControl`` (and nowhere else; its docstring has the rules):
+at most ``max_inflight_batches`` batches between "read" and "written", one
+write at a time in read order, and the slot confirmed only up to what is
+written.  The loop here only turns its actions into Ray calls and the
+results of those calls into its events.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from actors.changes import format_lsn
+from actors.logs import error_line, setup_logging
 from actors.source_schema import connect, slot_info
 from cluster.config import Config
-from cluster.logs import error_line, setup_logging
+from cluster.flow import Ack, Action, Apply, Embed, Entry, FlowControl, Read
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +30,6 @@ PIPELINE_ACTOR = "pipeline"
 WRITER_ACTOR = "writer"
 READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
 MAX_RETRY_DELAY_S = 30.0
-
-
-@dataclass
-class _Entry:
-    """A batch between read and written."""
-
-    meta: dict[str, Any]
-    batch_ref: ray.ObjectRef
-    vectors_ref: ray.ObjectRef | None
-    read_at: float = field(default_factory=time.monotonic)
 
 
 class PipelineCoordinator:
@@ -130,57 +114,46 @@ class PipelineCoordinator:
 
     def _pump(self) -> None:
         cfg = self.config
-        queue: collections.deque[_Entry] = collections.deque()
-        read_ref: ray.ObjectRef | None = None
-        read_batch_ref: ray.ObjectRef | None = None
-        applying: tuple[_Entry, ray.ObjectRef] | None = None
-        pending_ack = 0
+        flow = FlowControl(self.window, self.acked_lsn)
+        read: tuple[ray.ObjectRef, ray.ObjectRef] | None = None  # (meta, batch) of the read in flight
+        applying: tuple[Entry, ray.ObjectRef] | None = None
+
+        def execute(actions: list[Action]) -> None:
+            nonlocal read, applying
+            for action in actions:
+                if isinstance(action, Read):
+                    read = self.reader.read_batch.remote(cfg.source.max_batch_changes, READ_TIMEOUT_S, action.ack_lsn)
+                elif isinstance(action, Embed):
+                    action.entry.vectors = self._embedder().embed_batch.remote(action.entry.batch)
+                elif isinstance(action, Apply):
+                    # the writer waits for the vectors ref itself
+                    applying = (action.entry, self.writer.apply.remote(action.entry.batch, action.entry.vectors))
+                elif isinstance(action, Ack):
+                    self._advance_acked(action.lsn)
+                    if action.confirm:
+                        self.reader.ack.remote(action.lsn)
+
         while True:
-            stopping = self._stop.is_set()
-            if stopping and read_ref is None and applying is None and not queue:
+            if self._stop.is_set():
+                flow.stop()
+            if flow.drained:
                 break
-            # 1. read, unless the window is full (backpressure) or stopping
-            if read_ref is None and not stopping and len(queue) + (applying is not None) < self.window:
-                read_ref, read_batch_ref = self.reader.read_batch.remote(
-                    cfg.source.max_batch_changes, READ_TIMEOUT_S, pending_ack or None
-                )
-                pending_ack = 0
-            # 2. write the oldest batch; one at a time keeps commit order
-            if applying is None and queue:
-                head = queue.popleft()
-                applying = (head, self.writer.apply.remote(head.batch_ref, head.vectors_ref))
-            waits = [r for r in (read_ref, applying[1] if applying else None) if r is not None]
+            execute(flow.next_actions())
+            waits = [r for r in (read[0] if read else None, applying[1] if applying else None) if r is not None]
             if not waits:
                 continue
             ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
             self._refresh_slot_stats()
-            if read_ref is not None and read_ref in ready:
-                meta = ray.get(read_ref)
-                read_ref = None
-                if meta["changes"] or meta["snapshot_complete"]:
-                    vectors_ref = None
-                    if meta["to_embed"]:
-                        vectors_ref = self._embedder().embed_batch.remote(read_batch_ref)
-                    queue.append(_Entry(meta, read_batch_ref, vectors_ref))
-                elif meta["ack_lsn"] and meta["ack_lsn"] > self.acked_lsn:
-                    if not queue and applying is None:
-                        pending_ack = meta["ack_lsn"]  # idle: nothing unwritten before it
-                        self._advance_acked(meta["ack_lsn"])
-                    else:
-                        queue.append(_Entry(meta, read_batch_ref, None))
-                read_batch_ref = None
+            if read is not None and read[0] in ready:
+                meta_ref, batch_ref = read
+                read = None
+                execute(flow.on_read(ray.get(meta_ref), batch_ref))
             if applying is not None and applying[1] in ready:
                 entry, ref = applying
                 result = ray.get(ref)  # raises if the write failed: nothing is acked then
                 applying = None
                 self._applied(entry, result)
-                if result.ack_lsn and result.ack_lsn > self.acked_lsn:
-                    self._advance_acked(result.ack_lsn)
-                    pending_ack = result.ack_lsn
-                    if read_ref is not None or stopping:
-                        # the next read carries it too; confirm now so the slot
-                        # never lags a finished write by a whole read timeout
-                        self.reader.ack.remote(result.ack_lsn)
+                execute(flow.on_applied(entry, result))
         if self.acked_lsn:
             ray.get(self.reader.ack.remote(self.acked_lsn))
         ray.get(self.reader.close.remote())
@@ -208,7 +181,7 @@ class PipelineCoordinator:
                 self._acked_changed.wait(left)
             return self.acked_lsn
 
-    def _applied(self, entry: _Entry, result: Any) -> None:
+    def _applied(self, entry: Entry, result: Any) -> None:
         rows = result.upserts + result.deletes
         self.rows_applied += rows
         self.batches_applied += 1

@@ -1,52 +1,154 @@
-"""Ray wiring: start (or join) Ray, create the actors, deploy the search app."""
+"""The run lifecycle and the Ray wiring: check, start (or join) Ray, create the actors,
+deploy the search app, serve until told to stop, stop cleanly.
+
+``cluster/cli.py`` parses arguments and prints; everything between "here is a
+valid config" and "stopped" happens here (:func:`run`).  :func:`start_ray` is the
+one Ray start-up of the project: the pipeline and the benchmarks use it alike.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from actors.logs import error_line
 from actors.source_schema import TableSpec
 from cluster.config import Config
-from cluster.logs import error_line
 from cluster.pipeline import NAMESPACE, PIPELINE_ACTOR, WRITER_ACTOR
 
 log = logging.getLogger(__name__)
 
-# Ray binds the machine's non-loopback address unless told otherwise; a
-# single-node cluster started here must stay on 127.0.0.1.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+#: how often the serving loop checks that the coordinator still answers
+WATCH_INTERVAL_S = 2.0
 
 
 class StartupError(RuntimeError):
     """A component failed to start; the message is the cause in one line."""
 
 
-def init_ray(config: Config, log_level: str) -> None:
+class PipelineLost(RuntimeError):
+    """The coordinator stopped answering while serving; the message is the cause in one line."""
+
+
+def start_ray(address: str = "", num_cpus: int | None = None, env_vars: dict[str, str] | None = None,
+              quiet: bool = False) -> None:
+    """Join the Ray cluster at ``address``, or (``""``) start a private one on 127.0.0.1.
+
+    Every Ray worker gets the variables the model needs offline plus
+    ``env_vars``.  ``quiet`` keeps Ray's own logs out of the caller's output
+    (benchmarks print tables).  A no-op when Ray is already up.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    env_vars = {"EMBEDCLUSTER_LOG_LEVEL": log_level, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false",
+           **(env_vars or {})}
+    options: dict[str, Any] = {"namespace": NAMESPACE, "runtime_env": {"env_vars": env}, "log_to_driver": not quiet}
+    if quiet:
+        options.update(logging_level="WARNING", configure_logging=True)
+    if address:
+        ray.init(address=address, **options)
+        log.info("joined Ray cluster at %s", address)
+        return
+    # loopback only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set by the cluster package (cluster/__init__.py)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    log.info("started a local Ray on 127.0.0.1 with %s CPUs", num_cpus or "all")
+
+
+def init_ray(config: Config, log_level: str) -> None:
+    """Ray for a pipeline: ``[ray] address``, or a local Ray with enough CPUs for the embedding actors."""
     if config.ray.address:
-        ray.init(address=config.ray.address, namespace=NAMESPACE, runtime_env={"env_vars": env_vars},
-                 log_to_driver=True)
-        log.info("joined Ray cluster at %s", config.ray.address)
+        start_ray(config.ray.address, env_vars={"EMBEDCLUSTER_LOG_LEVEL": log_level})
         return
     cores = config.ray.num_cpus or os.cpu_count() or 1
     needed = math.ceil(config.embedding.actors * config.embedding.cpus_per_actor)
-    ray.init(
-        num_cpus=max(cores, needed),
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": env_vars},
-        log_to_driver=True,
-    )
-    log.info("started a local Ray on 127.0.0.1 with %d CPUs", max(cores, needed))
+    start_ray(num_cpus=max(cores, needed), env_vars={"EMBEDCLUSTER_LOG_LEVEL": log_level})
+
+
+def preflight(config: Config) -> dict[str, TableSpec]:
+    """Everything a user can get wrong, checked before Ray starts; StartupError (one line) otherwise.
+
+    The source (reachable, ``wal_level``, tables, keys, columns), then the model's
+    dimension against the sink (which is created, or rejected for a wrong dimension).
+    A relative embedded-store path is made absolute, since actors may run
+    with another working directory.
+    """
+    from actors.embedder import EmbedderError, model_dimension
+    from actors.sinks.base import SinkError, open_sink
+    from actors.source_schema import SourceError, inspect_source
+
+    try:
+        specs = inspect_source(config.source, config.tables)
+    except SourceError as exc:
+        raise StartupError(str(exc)) from None
+    if config.sink.kind == "qdrant" and not config.sink.url and config.sink.path != ":memory:":
+        config.sink.path = str(Path(config.sink.path).resolve())
+    try:
+        dimension = model_dimension(config.embedding.model)
+        sink = open_sink(config.sink)  # connects: bad URL, credentials or a locked store fail here
+        try:
+            sink.ensure_ready(dimension)  # creates the collection/table, or rejects a wrong dimension
+        finally:
+            sink.close()
+    except (EmbedderError, SinkError) as exc:
+        raise StartupError(str(exc)) from None
+    return specs
+
+
+def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None) -> dict[str, Any] | None:
+    """Check, start everything, serve until SIGINT/SIGTERM (or ``stop`` is set), stop cleanly.
+
+    ``on_ready(url)`` is called once search answers.  Returns the coordinator's
+    final stats, or None when the clean stop itself failed (logged).  Raises
+    :class:`StartupError` when something cannot start and :class:`PipelineLost`
+    when the coordinator stops answering; Ray is shut down either way.
+    """
+    specs = preflight(config)
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    init_ray(config, log_level)
+    # after ray.init, which may install handlers of its own
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        running = launch_pipeline(config, specs, log_level)
+        try:
+            url = deploy_search(config, running, log_level)
+            if on_ready:
+                on_ready(url)
+            while not stop.wait(WATCH_INTERVAL_S):
+                try:
+                    running.stats(timeout=30)
+                except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
+                    raise PipelineLost(error_line(exc)) from None
+        except PipelineLost:
+            raise  # nothing left to stop: the coordinator is what writes and confirms
+        except BaseException:
+            _stop_cleanly(running)  # a failure on the way: still write and confirm what is in flight
+            raise
+        return _stop_cleanly(running)
+    finally:
+        shutdown()
+
+
+def _stop_cleanly(running: "RunningPipeline") -> dict[str, Any] | None:
+    try:
+        return running.stop()
+    except Exception as exc:  # noqa: BLE001 - report, then shut down anyway
+        log.error("clean stop failed: %s", error_line(exc))
+        return None
 
 
 @dataclass

@@ -29,10 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
-from actors.embedder import Embedder
+from actors.embedder import Embedder, EmbeddingConfig
+from actors.logs import setup_logging
 from actors.sinks.base import SearchHit, open_sink
-from cluster.config import EmbeddingConfig, SinkConfig
-from cluster.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +86,17 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
     return {"table": hit.table, "id": key, "score": hit.score, "payload": hit.payload}
 
 
+#: how long the health check waits for the coordinator and the store
+HEALTH_TIMEOUT_S = 10.0
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, health_check_period_s=10)
 @serve.ingress(api)
 class SearchApp:
     def __init__(
         self,
         embedding: EmbeddingConfig,
-        sink: SinkConfig,
+        sink: Any,
         writer: Any,
         pipeline: Any,
         threads: int = 1,
@@ -113,6 +116,17 @@ class SearchApp:
         self.writer = writer
         self.pipeline = pipeline
         self.page = resources.files("serve_apps").joinpath("search.html").read_text(encoding="utf-8")
+
+    async def check_health(self) -> None:
+        """Serve's replica health check (every ``health_check_period_s``): raises unless the
+        pipeline coordinator answers and the store can be read, the two things every route
+        needs.  The store is this replica's own connection to a shared sink, or the writer
+        that owns the embedded store."""
+        await asyncio.wait_for(self.pipeline.stats.remote(), HEALTH_TIMEOUT_S)
+        if self.sink is not None:
+            await asyncio.wait_for(asyncio.to_thread(self.sink.ping), HEALTH_TIMEOUT_S)
+        else:
+            await asyncio.wait_for(self.writer.ping.remote(), HEALTH_TIMEOUT_S)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _embed(self, texts: list[str]) -> list[np.ndarray]:

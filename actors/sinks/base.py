@@ -6,20 +6,32 @@ interchangeable.  Contract for implementers:
 * ``upsert``/``delete`` return only once the write is durable: the pipeline
   acknowledges the replication slot right after they return.
 * Both are idempotent: point ids are deterministic (``actors.changes.point_id``),
-  so a replayed change overwrites, never duplicates.
+  so a replayed change overwrites, never duplicates.  Deleting ids that are
+  not stored is harmless.
+* ``update_payloads`` only updates points that exist: if any point of the call
+  is not stored it raises :class:`MissingPointError` (a :class:`SinkError`)
+  instead of silently dropping the write, and applies none of the call where
+  the store allows it (one transaction).  The writer sends a payload-only
+  update only for a point it wrote before, so a missing one means the store
+  and the pipeline disagree; raising keeps the slot unacknowledged.
 * ``search`` returns cosine similarity as ``score``, highest first.
+* State documents (``get_state``/``set_state``) live beside the points but are
+  never counted, iterated or returned by ``search``.
+* Vectors read back (``iter_points(with_vectors=True)``) are the stored
+  float32 values; a cosine store may keep them normalised to unit length, so
+  only the direction of a non-unit vector is guaranteed (the embedder writes
+  unit vectors).
+
+``tests/contract/`` runs one set of cases for these rules on every sink.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cluster.config import SinkConfig
 
 
 @dataclass(slots=True)
@@ -56,8 +68,25 @@ class SearchHit:
     payload: dict[str, Any]
 
 
+#: the state document :meth:`VectorSink.ping` reads (it never exists)
+PING_STATE = "embedcluster/ping"
+
+
 class SinkError(RuntimeError):
     """A sink problem the user must fix (message is one actionable line)."""
+
+
+class MissingPointError(SinkError):
+    """``update_payloads`` named points that are not stored; that write was not applied."""
+
+    def __init__(self, point_ids: Sequence[str]) -> None:
+        self.point_ids = list(point_ids)
+        more = f" (and {len(self.point_ids) - 1} more)" if len(self.point_ids) > 1 else ""
+        super().__init__(
+            f"payload update for point {self.point_ids[0]}{more}, which is not stored: the write was not applied "
+            "and nothing was acknowledged; the pipeline replays the change from the slot and embeds the row again "
+            "(a point removed from the store outside the pipeline causes this)"
+        )
 
 
 class VectorSink(abc.ABC):
@@ -98,7 +127,12 @@ class VectorSink(abc.ABC):
 
     @abc.abstractmethod
     def update_payloads(self, points: Sequence[VectorPoint]) -> None:
-        """Overwrite payload/text of existing points, keeping their vectors (text unchanged)."""
+        """Overwrite table/key/text/text_hash/payload of existing points, keeping their vectors.
+
+        ``point.vector`` is ignored (the writer passes None).  Every point must
+        exist: otherwise raise :class:`MissingPointError` naming it, having
+        applied nothing of this call where the store allows it; durable on return.
+        """
 
     @abc.abstractmethod
     def get_state(self, name: str) -> dict[str, Any] | None:
@@ -108,12 +142,17 @@ class VectorSink(abc.ABC):
     def set_state(self, name: str, value: dict[str, Any] | None) -> None:
         """Store (or with None, remove) a state document; durable on return."""
 
+    def ping(self) -> None:
+        """Raise when the store cannot be reached; a cheap read (health checks call it)."""
+        self.get_state(PING_STATE)
+
     def close(self) -> None:
         """Release connections and files."""
 
 
-def open_sink(config: "SinkConfig") -> VectorSink:
-    """Build the sink named by ``config.kind``."""
+def open_sink(config: Any) -> VectorSink:
+    """Build the sink named by ``config.kind`` from its own settings model
+    (``QdrantSinkConfig``, ``MySQLSinkConfig``; ``cluster.config.SinkConfig`` is their union)."""
     if config.kind == "qdrant":
         from actors.sinks.qdrant import QdrantSink
 

@@ -38,18 +38,6 @@ def books(dsn: str) -> str:
     return dsn
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> Iterator[Any]:
-    from tests.support.mariadb import MariaDBServer
-
-    server = MariaDBServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["qdrant", "mysql"])
 def sink_settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Sink section for the config, one per sink kind (the same scenarios run on both)."""

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from actors.changes import point_id, text_hash
 from actors.sinks.base import SinkError, VectorPoint, open_sink
 from actors.sinks.mysql import INDEX_STATE_NAME, MAX_DIMENSION, MySQLSink
-from cluster.config import SinkConfig
+from actors.sinks.mysql.config import MySQLSinkConfig
 from tests.support.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,8 @@ def server(mariadb: MariaDBServer) -> MariaDBServer:
     return mariadb
 
 
-def _config(server: MariaDBServer, table: str, dialect: str = "portable", db: str | None = None, password: str | None = None) -> SinkConfig:
-    return SinkConfig(
+def _config(server: MariaDBServer, table: str, dialect: str = "portable", db: str | None = None, password: str | None = None) -> MySQLSinkConfig:
+    return MySQLSinkConfig(
         kind="mysql",
         dsn=server.dsn(db),
         table=table,
@@ -152,7 +152,7 @@ def test_unreachable_server_is_a_clear_error(server: MariaDBServer) -> None:
     with socket.socket() as s:  # a port nothing listens on once this socket closes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = SinkConfig(kind="mysql", dsn=f"mysql://embedcluster@127.0.0.1:{port}/vectors", password=SecretStr("x"))
+    cfg = MySQLSinkConfig(kind="mysql", dsn=f"mysql://embedcluster@127.0.0.1:{port}/vectors", password=SecretStr("x"))
     started = time.monotonic()
     with pytest.raises(SinkError) as err:
         MySQLSink(cfg, connect_timeout_s=3)
@@ -317,27 +317,6 @@ def test_delete(server: MariaDBServer, sink: MySQLSink, table_name: str) -> None
     assert sink.count() == 15
 
 
-def test_update_payloads_keeps_vectors(sink: MySQLSink) -> None:
-    pts = make_points(6)
-    sink.upsert(pts)
-    before = {p.id: p.vector for p in sink.iter_points(with_vectors=True)}
-    q = pts[3].vector
-    score_before = sink.search(q, 1)[0].score
-    updated = [
-        VectorPoint(p.id, p.table, p.key, np.zeros(DIM, np.float32), p.text, p.text_hash, {"i": p.key[0], "fresh": True})
-        for p in pts[:3]
-    ]
-    missing = VectorPoint(str(uuid.uuid4()), "public.docs", [999], np.zeros(DIM, np.float32), "x", "h", {})
-    sink.update_payloads(updated + [missing])
-    assert sink.count() == 6  # update never inserts
-    after = {p.id: p for p in sink.iter_points(with_vectors=True)}
-    for p in pts:
-        assert np.array_equal(after[p.id].vector, before[p.id])
-    assert all(after[p.id].payload == {"i": p.key[0], "fresh": True} for p in pts[:3])
-    assert all(after[p.id].payload == p.payload for p in pts[3:])
-    assert sink.search(q, 1)[0].score == pytest.approx(score_before)
-
-
 def test_payload_json_edge_cases(sink: MySQLSink) -> None:
     p = make_points(1)[0]
     p.payload = {"price": decimal.Decimal("12.50"), "ratio": float("nan"), "nested": {"ö": [1, None]}}
@@ -439,15 +418,6 @@ def test_iter_points(sink: MySQLSink) -> None:
         assert p.vector is not None and p.vector.dtype == np.float32
         assert np.array_equal(p.vector, src.vector)  # float32 round-trips exactly
     assert list(sink.iter_points(table="public.none")) == []
-
-
-def test_text_hashes(sink: MySQLSink) -> None:
-    pts = make_points(5)
-    sink.upsert(pts)
-    unknown = str(uuid.uuid4())
-    got = sink.text_hashes([pts[0].id, pts[4].id, unknown, pts[0].id])
-    assert got == {pts[0].id: pts[0].text_hash, pts[4].id: pts[4].text_hash}
-    assert sink.text_hashes([]) == {}
 
 
 def test_state_get_set_is_durable_and_separate_from_points(server: MariaDBServer, sink: MySQLSink, table_name: str) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator
 
 import psycopg
 
+from cluster.loopback import free_port  # noqa: F401 - the tests import it from here
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,12 +54,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from cluster.config import (
     ENV_SINK_PASSWORD,
+    ENV_SINK_URL_API_KEY,
     ENV_SOURCE_DSN,
     Config,
     ConfigError,
@@ -42,6 +43,20 @@ path = ".embedcluster/qdrant"
 host = "127.0.0.1"
 port = 8000
 """
+
+QDRANT_SINK = """[sink]
+kind = "qdrant"
+collection = "embedcluster"
+url = ""
+path = ".embedcluster/qdrant"
+"""
+MYSQL_SINK = """[sink]
+kind = "mysql"
+dsn = "mysql://root@127.0.0.1:3306/db"
+"""
+# the same file with the MySQL sink: each sink kind has its own keys
+MYSQL_EXAMPLE = EXAMPLE.replace(QDRANT_SINK, MYSQL_SINK)
+assert MYSQL_EXAMPLE != EXAMPLE
 
 MINIMAL = """\
 [source]
@@ -120,7 +135,9 @@ def test_defaults(tmp_path):
     assert emb.threads == 0 and emb.max_length == 0 and emb.dtype == "auto" and emb.compile is False
     sink = config.sink
     assert (sink.kind, sink.collection, sink.url, sink.path) == ("qdrant", "embedcluster", "", ".embedcluster/qdrant")
-    assert sink.api_key is None and sink.password is None
+    assert sink.api_key is None
+    sink = load_config(write(tmp_path, MINIMAL + '[sink]\nkind = "mysql"\n'), environ={}).sink
+    assert sink.password is None
     assert sink.table == "embeddings" and sink.dialect == "auto" and sink.distance == "cosine"
     assert (config.serve.host, config.serve.port, config.serve.replicas) == ("127.0.0.1", 8000, 1)
     assert config.ray.address == "" and config.ray.num_cpus is None
@@ -160,7 +177,7 @@ def test_env_source_dsn_fills_a_missing_dsn(tmp_path):
 
 
 def test_env_overrides_sink_password(tmp_path):
-    text = EXAMPLE.replace('kind = "qdrant"', 'kind = "mysql"\ndsn = "mysql://root@127.0.0.1:3306/db"\npassword = "filepw"')
+    text = MYSQL_EXAMPLE.replace('kind = "mysql"', 'kind = "mysql"\npassword = "filepw"')
     assert load_config(write(tmp_path, text), environ={}).sink.password.get_secret_value() == "filepw"
     config = load_config(write(tmp_path, text), environ={ENV_SINK_PASSWORD: "envpw"})
     assert config.sink.password is not None
@@ -168,7 +185,7 @@ def test_env_overrides_sink_password(tmp_path):
 
 
 def test_empty_env_values_do_not_override(tmp_path):
-    config = load_config(write(tmp_path, EXAMPLE), environ={ENV_SOURCE_DSN: "", ENV_SINK_PASSWORD: ""})
+    config = load_config(write(tmp_path, MYSQL_EXAMPLE), environ={ENV_SOURCE_DSN: "", ENV_SINK_PASSWORD: ""})
     assert SECRET in config.source.dsn_value
     assert config.sink.password is None
 
@@ -176,7 +193,7 @@ def test_empty_env_values_do_not_override(tmp_path):
 def test_process_environment_is_used_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_SOURCE_DSN, "postgresql://u:frompenv@h/db")
     monkeypatch.setenv(ENV_SINK_PASSWORD, "sinkenv")
-    config = load_config(write(tmp_path, EXAMPLE))
+    config = load_config(write(tmp_path, MYSQL_EXAMPLE))
     assert config.source.dsn_value == "postgresql://u:frompenv@h/db"
     assert config.sink.password.get_secret_value() == "sinkenv"
 
@@ -339,17 +356,20 @@ def test_source_secret_not_in_repr_or_str(tmp_path):
     assert config.source.dsn_masked == "postgresql://postgres:***@127.0.0.1:5432/app"
 
 
-def test_env_secrets_not_in_repr_or_str(tmp_path):
-    env = {ENV_SOURCE_DSN: "postgresql://u:envsourcepw@h/db", ENV_SINK_PASSWORD: "envsinkpw"}
-    config = load_config(write(tmp_path, EXAMPLE), environ=env)
+@pytest.mark.parametrize("example", [EXAMPLE, MYSQL_EXAMPLE], ids=["qdrant", "mysql"])
+def test_env_secrets_not_in_repr_or_str(tmp_path, example):
+    env = {ENV_SOURCE_DSN: "postgresql://u:envsourcepw@h/db", ENV_SINK_PASSWORD: "envsinkpw",
+           ENV_SINK_URL_API_KEY: "envapikey"}
+    config = load_config(write(tmp_path, example), environ=env)
     for text in (repr(config), str(config), repr(config.sink), str(config.model_dump())):
         assert "envsourcepw" not in text
         assert "envsinkpw" not in text
+        assert "envapikey" not in text
 
 
 def test_sink_dsn_password_not_in_repr_or_str(tmp_path):
     """The MySQL sink DSN may carry a password (mysql://user:pw@host/db is accepted by the sink)."""
-    text = EXAMPLE.replace('kind = "qdrant"', 'kind = "mysql"\ndsn = "mysql://root:sinkdsnpw@127.0.0.1:3306/db"')
+    text = MYSQL_EXAMPLE.replace("mysql://root@", "mysql://root:sinkdsnpw@")
     config = load_config(write(tmp_path, text), environ={})
     assert config.sink.dsn_masked == "mysql://root:***@127.0.0.1:3306/db"
     for shown in (repr(config), str(config), repr(config.sink), str(config.sink)):
@@ -390,3 +410,92 @@ def test_mask_dsn_quoted_keyword_password():
     assert "alpha" not in masked
     assert "bravo" not in masked
     assert "host=db" in masked and "dbname=app" in masked
+
+
+# -- [sink] is a union chosen by kind ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "line", "key", "owner"),
+    [
+        ("mysql", 'collection = "books"', "sink.collection", "qdrant"),
+        ("mysql", 'path = "/tmp/q"', "sink.path", "qdrant"),
+        ("mysql", 'api_key = "k"', "sink.api_key", "qdrant"),
+        ("qdrant", 'dsn = "mysql://u@h/db"', "sink.dsn", "mysql"),
+        ("qdrant", 'table = "embeddings"', "sink.table", "mysql"),
+        ("qdrant", 'dialect = "portable"', "sink.dialect", "mysql"),
+    ],
+)
+def test_a_key_of_another_sink_is_an_error_naming_it(tmp_path, kind, line, key, owner):
+    msg = load_error(write(tmp_path, MINIMAL + f'[sink]\nkind = "{kind}"\n{line}\n'))
+    assert f"'{key}'" in msg and f"sink.kind = '{owner}'" in msg and f"'{kind}'" in msg
+
+
+def test_a_key_of_another_sink_is_an_error_without_kind_too(tmp_path):
+    # no kind = the embedded Qdrant store, whose settings do not include a table
+    msg = load_error(write(tmp_path, MINIMAL + '[sink]\ntable = "x"\n'))
+    assert "'sink.table'" in msg and "sink.kind = 'mysql'" in msg
+
+
+def test_sink_kind_defaults_to_qdrant(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + '[sink]\ncollection = "books"\n'), environ={})
+    assert config.sink.kind == "qdrant" and config.sink.collection == "books"
+    from actors.sinks.qdrant.config import QdrantSinkConfig
+
+    assert isinstance(config.sink, QdrantSinkConfig)
+
+
+def test_mysql_sink_is_its_own_model(tmp_path):
+    from actors.sinks.mysql.config import MySQLSinkConfig
+
+    config = load_config(write(tmp_path, MYSQL_EXAMPLE), environ={})
+    assert isinstance(config.sink, MySQLSinkConfig) and config.sink.dsn == "mysql://root@127.0.0.1:3306/db"
+    assert not hasattr(config.sink, "collection")
+
+
+def test_unknown_sink_kind_lists_the_kinds(tmp_path):
+    msg = load_error(write(tmp_path, MINIMAL + '[sink]\nkind = "redis"\n'))
+    assert "sink.kind" in msg and "'qdrant'" in msg and "'mysql'" in msg and "redis" in msg
+
+
+@pytest.mark.parametrize("line", ['table = "9bad"', 'table = "a-b"'])
+def test_mysql_key_errors_name_the_toml_key(tmp_path, line):
+    msg = load_error(write(tmp_path, MINIMAL + f'[sink]\nkind = "mysql"\n{line}\n'))
+    assert msg.split(": ", 1)[1].startswith("sink.table:"), msg
+
+
+def test_environment_secrets_go_to_the_sink_they_belong_to(tmp_path):
+    env = {ENV_SINK_PASSWORD: "pw", ENV_SINK_URL_API_KEY: "key"}
+    qdrant = load_config(write(tmp_path, EXAMPLE), environ=env).sink
+    assert qdrant.api_key.get_secret_value() == "key"  # the MySQL password is not a Qdrant setting: not an error
+    mysql = load_config(write(tmp_path, MYSQL_EXAMPLE), environ=env).sink
+    assert mysql.password.get_secret_value() == "pw"
+
+
+# -- identifiers: one validator, whole-value match ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["items\n", "public.items\n", "public\n.items", "it ems"])
+def test_table_name_with_a_trailing_newline_is_refused(name):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"source": {"dsn": "postgresql://u@h/db"}, "tables": [{"name": name}]}, environ={})
+    assert "tables[0].name" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("source", "slot"), ("source", "publication"), ("sink", "collection")],
+)
+def test_identifiers_with_a_trailing_newline_are_refused(section, key):
+    data = {"source": {"dsn": "postgresql://u@h/db"}, "tables": [{"name": "books"}]}
+    data.setdefault(section, {})[key] = "name\n"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, environ={})
+    assert f"{section}.{key}" in str(info.value)
+
+
+def test_template_placeholder_with_a_newline_is_refused():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"source": {"dsn": "postgresql://u@h/db"},
+                          "tables": [{"name": "books", "text": "{body\n}"}]}, environ={})
+    assert "tables[0].text" in str(info.value)

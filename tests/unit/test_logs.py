@@ -1,6 +1,6 @@
-"""cluster/logs.py: one-line errors from Ray-wrapped exceptions."""
+"""actors/logs.py: one-line errors from Ray-wrapped exceptions."""
 
-from cluster.logs import error_line
+from actors.logs import error_line
 
 
 def test_error_line_looks_through_ray_wrappers():

@@ -130,6 +130,10 @@ class TestCloudSQL:
         # Plain DML on the base table; the index is updated transactionally ("Vector search").
         assert self.d.delete_sql(2) == "DELETE FROM `embeddings` WHERE `id` IN (%s, %s)"
 
+    def test_lock_ids_before_a_payload_update(self) -> None:
+        # update_payloads: which ids exist, rows locked until COMMIT (missing ones abort the call)
+        assert self.d.lock_ids_sql(2) == "SELECT `id` FROM `embeddings` WHERE `id` IN (%s, %s) FOR UPDATE"
+
     def test_create_index(self) -> None:
         # [CSQL-DDL] CREATE VECTOR INDEX index_name ON table_name (column_name)
         # USING SCANN [QUANTIZER=SQ8] DISTANCE_MEASURE=L2_SQUARED|DOT_PRODUCT|COSINE.

@@ -1,11 +1,11 @@
-"""actors/sinks/qdrant.py: embedded store durability settings survive a reopen."""
+"""actors/sinks/qdrant/: embedded store durability settings survive a reopen."""
 
 import numpy as np
 
 from actors.changes import point_id
 from actors.sinks.base import VectorPoint
 from actors.sinks.qdrant import QdrantSink
-from cluster.config import SinkConfig
+from actors.sinks.qdrant import QdrantSinkConfig
 
 
 def _point(i: int) -> VectorPoint:
@@ -14,7 +14,7 @@ def _point(i: int) -> VectorPoint:
 
 
 def test_embedded_store_uses_wal_with_full_sync_and_reopens(tmp_path):
-    config = SinkConfig(path=str(tmp_path / "q"), collection="unit")
+    config = QdrantSinkConfig(path=str(tmp_path / "q"), collection="unit")
     sink = QdrantSink(config)
     sink.ensure_ready(4)
     conn = sink.client._client.collections["unit"].storage.storage
@@ -40,7 +40,7 @@ def _rows_on_disk(path) -> int:
 
 
 def test_one_upsert_is_one_transaction_committed_before_it_returns(tmp_path):
-    config = SinkConfig(path=str(tmp_path / "q"), collection="unit")
+    config = QdrantSinkConfig(path=str(tmp_path / "q"), collection="unit")
     sink = QdrantSink(config)
     sink.ensure_ready(4)
     storage = sink.client._client.collections["unit"].storage

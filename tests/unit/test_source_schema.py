@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.source_schema import TableSpec
-from cluster.config import TableConfig
+from actors.source_config import TableConfig
 
 
 def spec(text: str = "{description}", payload: list[str] | None = None, key: list[str] | None = None) -> TableSpec:

@@ -9,7 +9,7 @@ from actors.changes import Change, ChangeBatch, point_id, text_hash
 from actors.sinks.base import SinkError
 from actors.sinks.qdrant import QdrantSink
 from actors.writer import OrderingError, Writer, state_name
-from cluster.config import SinkConfig
+from actors.sinks.qdrant import QdrantSinkConfig
 
 DIM = 8
 A = "public.books"
@@ -19,7 +19,7 @@ C = "public.other"
 
 @pytest.fixture
 def sink(tmp_path):
-    s = QdrantSink(SinkConfig(path=str(tmp_path / "q"), collection="unit"))
+    s = QdrantSink(QdrantSinkConfig(path=str(tmp_path / "q"), collection="unit"))
     s.ensure_ready(DIM)
     yield s
     s.close()
@@ -229,7 +229,7 @@ def test_truncate_in_the_middle_of_a_batch(writer, sink):
 
 
 def test_truncate_many_points_pages_through_scroll(writer, sink, monkeypatch):
-    monkeypatch.setattr("actors.sinks.qdrant._SCROLL_PAGE", 4)
+    monkeypatch.setattr("actors.sinks.qdrant.sink._SCROLL_PAGE", 4)
     n = 11  # several scroll pages
     changes = [up(A, k) for k in range(n)] + [up(B, 0)]
     writer.apply(ChangeBatch(seq=1, changes=changes), np.tile(vec(1), (n + 1, 1)))
@@ -294,7 +294,7 @@ def test_second_snapshot_complete_does_not_delete_again(writer, sink):
 
 
 def test_state_survives_reopen(tmp_path):
-    config = SinkConfig(path=str(tmp_path / "persist"), collection="unit")
+    config = QdrantSinkConfig(path=str(tmp_path / "persist"), collection="unit")
     sink = QdrantSink(config)
     w = Writer(sink, "s1")
     w.open(DIM)
@@ -315,32 +315,6 @@ def test_state_survives_reopen(tmp_path):
 # -- search and set-up ----------------------------------------------------------------
 
 
-def test_search_returns_cosine_scores_best_first(writer, sink):
-    rng = np.random.default_rng(7)
-    raw = rng.normal(size=(25, DIM)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(25, 1)).astype(np.float32)
-    changes = [up(A, k, f"t{k}", k=k) for k in range(25)]
-    writer.apply(ChangeBatch(seq=1, changes=changes), raw)
-    query = rng.normal(size=DIM).astype(np.float32) * 4
-    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    cosine = unit @ (query / np.linalg.norm(query))
-    expected = np.argsort(-cosine)[:10]
-
-    hits = sink.search(query, 10)
-    assert len(hits) == 10
-    assert [h.key[0] for h in hits] == [int(i) for i in expected]
-    np.testing.assert_allclose([h.score for h in hits], cosine[expected], atol=1e-5)
-    assert all(hits[i].score >= hits[i + 1].score for i in range(9))
-    assert all(h.table == A and h.payload == {"k": h.key[0]} for h in hits)
-    assert len(sink.search(query, 100)) == 25
-
-
-def test_search_exact_match_scores_one(writer, sink):
-    apply(writer, 1, [up(A, 1), up(A, 2)], seeds=[1, 2])
-    hits = sink.search(vec(2) * 3, 1)
-    assert hits[0].key == [2]
-    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-
-
 def test_ensure_ready_same_dimension_is_idempotent(writer, sink):
     apply(writer, 1, [up(A, 1)])
     sink.ensure_ready(DIM)
@@ -354,28 +328,6 @@ def test_ensure_ready_with_other_dimension_raises(sink):
     assert "\n" not in message
     assert "unit" in message  # the collection name
     assert str(DIM) in message and str(DIM * 2) in message
-
-
-def test_state_documents(sink):
-    assert sink.get_state("x") is None
-    sink.set_state("x", {"a": 1, "b": [1, 2]})
-    sink.set_state("y", {"c": True})
-    assert sink.get_state("x") == {"a": 1, "b": [1, 2]}
-    sink.set_state("x", None)
-    assert sink.get_state("x") is None
-    assert sink.get_state("y") == {"c": True}
-    assert sink.count() == 0  # state records are not row points
-
-
-def test_update_payloads_keeps_vector(writer, sink):
-    from actors.sinks.base import VectorPoint
-
-    apply(writer, 1, [up(A, 1, "t", v=1)], seeds=[5])
-    pid = point_id(A, (1,))
-    sink.update_payloads([VectorPoint(pid, A, [1], np.zeros(DIM, dtype=np.float32), "t", text_hash("t"), {"v": 2})])
-    p = stored(sink, A, with_vectors=True)[pid]
-    assert p.payload == {"v": 2}
-    np.testing.assert_allclose(p.vector, vec(5), atol=1e-6)
 
 
 # -- payload-only updates (text unchanged: no embedding) ------------------------------------

@@ -7,8 +7,9 @@ database and a password-protected user, and shuts everything down again.
 Nothing outside its temporary directory is touched, and it never listens on
 anything but 127.0.0.1.
 
-Lives under ``benchmarks/`` so that both ``benchmarks.bench_writer`` and the
-test suite (via ``tests.support.mariadb``) can import it.
+Beside :mod:`cluster.pgserver` (the demo's PostgreSQL): ``embedcluster bench
+writer`` starts one, and the tests' own helper (``tests.support.mariadb``)
+builds on it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+
+from cluster.loopback import free_port
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,6 @@ def find_binary(*names: str) -> str:
     raise MariaDBUnavailable(
         f"MariaDB server binaries not found (looked for {', '.join(names)}); install them with: {INSTALL_HINT}"
     )
-
-
-def _free_port() -> int:
-    # The kernel picks an unused port; there is a small window before mariadbd
-    # binds it, which start() covers by retrying on a bind failure.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MariaDBServer:
@@ -119,7 +113,7 @@ class MariaDBServer:
         self._install(install_db)
         last_error: Exception | None = None
         for _ in range(3):  # a port race with another process is retried
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._launch(mariadbd)
                 break

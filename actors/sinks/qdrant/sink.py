@@ -22,8 +22,8 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 
-from actors.sinks.base import SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
-from cluster.config import SinkConfig
+from actors.sinks.base import MissingPointError, SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
+from actors.sinks.qdrant.config import QdrantSinkConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _SCROLL_PAGE = 512
 class QdrantSink(VectorSink):
     """Vectors in one Qdrant collection; bookkeeping in ``<collection>_state``."""
 
-    def __init__(self, config: SinkConfig) -> None:
+    def __init__(self, config: QdrantSinkConfig) -> None:
         self.config = config
         self.collection = config.collection
         self.state_collection = f"{config.collection}_state"
@@ -194,7 +194,16 @@ class QdrantSink(VectorSink):
             models.SetPayloadOperation(set_payload=models.SetPayload(payload=_stored_payload(p), points=[p.id]))
             for p in points
         ]
+        ids = list(dict.fromkeys(p.id for p in points))
         with self._write():
+            # Checked before anything is written (the contract: all or nothing).
+            # Local mode alone would update the points before a missing one and
+            # then raise a bare KeyError, its in-memory copy keeping them even
+            # though the SQLite transaction rolls back.
+            found = {str(r.id) for r in self.client.retrieve(self.collection, ids=ids, with_payload=False)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise MissingPointError(missing)
             self._writes.batch_update_points(self.collection, update_operations=ops, wait=True)
 
     # -- reads ----------------------------------------------------------------------

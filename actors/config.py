@@ -1,0 +1,62 @@
+"""What every component's config model shares: the pydantic base, identifier rules, DSN masking.
+
+Each component owns its settings model beside its code (``actors/source_config.py``,
+``actors/embedder.py``, ``actors/sinks/<sink>/config.py``); ``cluster/config.py`` only
+composes them into the TOML file's sections.  This module is the common ground
+they stand on, so it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """Base of every TOML section model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+#: Identifier rules, by what the name is for.  Each is matched against the
+#: *whole* value (``fullmatch``): ``re.match`` with ``$`` would accept a
+#: trailing newline (``"items\n"``).
+IDENTIFIER_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    # PostgreSQL schema / table / column names as the config spells them (unquoted)
+    "pg": (re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}"), "1-63 letters, digits, '_' or '$', not starting with a digit"),
+    # replication slot and publication names (PostgreSQL allows only these in slot names)
+    "pg_slot": (re.compile(r"[a-z0-9_]{1,63}"), "1-63 characters of lower-case letters, digits and '_'"),
+    # MySQL tables and Qdrant collections that embedcluster creates
+    "store": (re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}"), "1-64 letters, digits and '_', not starting with a digit"),
+}
+
+
+def identifier_error(value: object, rule: str) -> str | None:
+    """None when ``value`` is a valid identifier under ``rule``, else what a valid one looks like."""
+    pattern, description = IDENTIFIER_RULES[rule]
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return None
+    return f"must be {description}"
+
+
+def check_identifier(value: str, rule: str) -> str:
+    """``value`` if it is a valid identifier under ``rule``; ValueError (for pydantic) otherwise."""
+    error = identifier_error(value, rule)
+    if error:
+        raise ValueError(error)
+    return value
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (safe to log)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable dsn>"
+    if parts.password is None:
+        # key=value form: hide password=...
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

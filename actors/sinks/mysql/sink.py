@@ -1,0 +1,413 @@
+"""The sink itself: :class:`MySQLSink` (see :mod:`actors.sinks.mysql` for dialects and limits).
+
+Connection and retries, schema, and index maintenance come from the mixins in
+``connection.py``, ``schema.py`` and ``index.py``; this module holds the
+constructor (dialect choice) and the :class:`VectorSink` operations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pymysql
+
+from actors.sinks.base import MissingPointError, SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
+from actors.sinks.mysql.config import MySQLSinkConfig
+from actors.sinks.mysql.connection import ConnectionMixin
+from actors.sinks.mysql.dialects import make_dialect, quote_ident
+from actors.sinks.mysql.dsn import parse_dsn
+from actors.sinks.mysql.encoding import content_hash, dump_json, vector_to_text
+from actors.sinks.mysql.index import IndexMixin
+from actors.sinks.mysql.schema import SchemaMixin
+from actors.sinks.mysql.server import Dialect, ServerInfo, _log_once, check_dialect_supported, detect_dialect
+
+log = logging.getLogger(__name__)
+
+
+class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
+    """Vectors in a MySQL-family table; see the package docstring for dialects and limits.
+
+    Keyword-only knobs (defaults suit production; tests shrink them):
+    ``retry_deadline_s`` bounds the exponential backoff on transient errors,
+    ``scan_chunk_rows`` is the page size of streamed reads, ``lock_wait_timeout_s``
+    sets the session's ``innodb_lock_wait_timeout``, ``max_statement_bytes`` caps
+    one multi-row INSERT (else half of the server's ``max_allowed_packet``).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        config: MySQLSinkConfig,
+        *,
+        retry_deadline_s: float = 300.0,
+        scan_chunk_rows: int = 4096,
+        lock_wait_timeout_s: int | None = None,
+        connect_timeout_s: int = 10,
+        max_statement_bytes: int | None = None,
+    ) -> None:
+        self._config = config
+        password = config.password.get_secret_value() if config.password is not None else None
+        self._dsn = parse_dsn(config.dsn, password)
+        self._where = f"{config.dsn_masked}" if config.dsn else self._dsn.where
+        self._retry_deadline_s = float(retry_deadline_s)
+        # A search caller (an HTTP request) should not wait as long as a write may.
+        self._search_deadline_s = min(30.0, self._retry_deadline_s)
+        self._scan_chunk_rows = max(1, int(scan_chunk_rows))
+        self._lock_wait_timeout_s = lock_wait_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._lock = threading.RLock()
+        self._conn: pymysql.connections.Connection | None = None
+        self._statement_cap = max_statement_bytes
+        self._max_statement_bytes = 4 << 20
+        self._connect()
+        self.server = self._read_server_info()
+        if config.dialect == "auto":
+            choice = detect_dialect(self.server)
+            dialect = choice.dialect
+            _log_once(
+                (self._where, dialect), "MySQL sink %s: using dialect %r (%s)", self._where, dialect, choice.reason
+            )
+        else:
+            dialect = config.dialect  # type: ignore[assignment]
+            check_dialect_supported(dialect, self.server)
+            _log_once(
+                (self._where, dialect), "MySQL sink %s: using dialect %r (set in sink.dialect)", self._where, dialect
+            )
+        self.dialect: Dialect = dialect
+        self.sql = make_dialect(dialect, config.table, self._dsn.database, mysql_major=self.server.version_tuple[0])
+        quote_ident(f"{config.table}_state")  # validate derived names up front
+        quote_ident(self.sql.index_name)
+        self._dimension: int | None = None
+        self._state_table_ready = False
+        self._index_exists: bool | None = None
+        self._index_checked_at = 0.0
+        self._changes_since_check = 0
+        self._next_index_check = 0
+
+    def _read_server_info(self) -> ServerInfo:
+        def read(cur: Any) -> ServerInfo:
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0])
+            cur.execute("SHOW VARIABLES LIKE %s", ("cloudsql_vector",))
+            row = cur.fetchone()
+            return ServerInfo(version=version, cloudsql_vector=str(row[1]) if row else None)
+
+        return self._run("reading the server version", read)
+
+    # ------------------------------------------------------------------ writes
+    def _check_vector(self, vector: np.ndarray, dimension: int, what: str) -> np.ndarray:
+        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if arr.shape[0] != dimension:
+            raise SinkError(f"{what} has {arr.shape[0]} dimensions but the table stores {dimension}")
+        if not np.all(np.isfinite(arr)):
+            raise SinkError(f"{what} contains NaN or infinite values; the embedder produced an invalid vector")
+        return arr
+
+    def _insert_many(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """executemany-style multi-row INSERT ... ON DUPLICATE KEY UPDATE.
+
+        pymysql's own executemany only folds rows when every value is a bare
+        ``%s``; vector dialects wrap the vector in a function call, so rows are
+        folded here the same way (values still escaped by the driver).
+        """
+        prefix = self.sql.upsert_prefix()
+        suffix = self.sql.upsert_suffix()
+        row_sql = self.sql.upsert_row()
+        budget = self._max_statement_bytes
+        parts: list[str] = []
+        size = len(prefix) + len(suffix)
+        for row in rows:
+            values = cur.mogrify(row_sql, row)
+            # The driver sends the statement as UTF-8 (escaped binary as surrogates).
+            nbytes = len(values.encode("utf-8", "surrogateescape"))
+            if nbytes + len(prefix) + len(suffix) > budget:
+                raise SinkError(
+                    f"point {row[0]} is {nbytes:,} bytes as SQL, more than max_allowed_packet allows: raise the "
+                    "server's max_allowed_packet"
+                )
+            if parts and size + nbytes + 2 > budget:
+                cur.execute(prefix + ", ".join(parts) + suffix)
+                parts, size = [], len(prefix) + len(suffix)
+            parts.append(values)
+            size += nbytes + 2
+        if parts:
+            cur.execute(prefix + ", ".join(parts) + suffix)
+
+    def upsert(self, points: Sequence[VectorPoint]) -> None:
+        """Insert or overwrite points in one transaction; committed (durable) on return."""
+        if not points:
+            return
+        dimension = self._require_dimension()
+        rows = []
+        for p in points:
+            vec = self._check_vector(p.vector, dimension, f"point {p.id} ({p.table})")
+            rows.append((p.id, *_stored_fields(p), self.sql.encode_vector(vec)))
+        self._run(f"upserting {len(rows)} points", lambda cur: self._insert_many(cur, rows))
+        self._after_write(len(rows))
+
+    def delete(self, point_ids: Sequence[str]) -> None:
+        """Delete points by id (missing ids ignored) in one transaction; committed on return."""
+        ids = list(dict.fromkeys(point_ids))
+        if not ids:
+            return
+
+        def run(cur: Any) -> None:
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                cur.execute(self.sql.delete_sql(len(chunk)), chunk)
+
+        self._run(f"deleting {len(ids)} points", run)
+        self._after_write(len(ids))
+
+    def update_payloads(self, points: Sequence[VectorPoint]) -> None:
+        """Overwrite table/key/text/payload of existing points, keeping their vectors.
+
+        One transaction: the rows are locked and checked first, and if any point
+        is missing :class:`MissingPointError` rolls the whole call back (an UPDATE
+        of a missing row changes nothing and says so only in a row count).
+        """
+        if not points:
+            return
+        ids = list(dict.fromkeys(p.id for p in points))
+        rows = [(*_stored_fields(p), p.id) for p in points]
+
+        def run(cur: Any) -> None:
+            found: set[str] = set()
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                cur.execute(self.sql.lock_ids_sql(len(chunk)), chunk)
+                found.update(str(r[0]) for r in cur.fetchall())
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise MissingPointError(missing)  # _run rolls back: nothing of this call is applied
+            cur.executemany(self.sql.update_payload_sql(), rows)
+
+        self._run(f"updating {len(rows)} payloads", run)
+
+    # ------------------------------------------------------------------ reads
+    def count(self) -> int:
+        """Number of stored row points (the state table is separate)."""
+
+        if not self._table_ready():
+            return 0  # nothing written yet
+
+        def run(cur: Any) -> int:
+            cur.execute(self.sql.count_sql())
+            return int(cur.fetchone()[0])
+
+        return self._run("counting points", run)
+
+    def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
+        """Stored text hash of each existing id among ``point_ids``."""
+        ids = list(dict.fromkeys(point_ids))
+        if not ids or not self._table_ready():
+            return {}
+
+        def run(cur: Any) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                cur.execute(self.sql.text_hashes_sql(len(chunk)), chunk)
+                out.update({str(r[0]): str(r[1]) for r in cur.fetchall()})
+            return out
+
+        return self._run("reading text hashes", run)
+
+    def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
+        """Every stored point (of one source table if given), paged by primary key."""
+        if not self._table_ready():
+            return
+        if with_vectors:
+            self._require_dimension()
+        for rows in self._pages(self.sql.iter_sql(with_vectors, table is not None), table, "reading points"):
+            for r in rows:
+                yield StoredPoint(
+                    id=str(r[0]),
+                    table=str(r[1]),
+                    key=json.loads(r[2]),
+                    text=str(r[3]),
+                    text_hash=str(r[4]),
+                    payload=json.loads(r[5]),
+                    vector=self.sql.decode_vector(r[6]) if with_vectors else None,
+                )
+
+    def _pages(self, sql: str, table: str | None, what: str, deadline_s: float | None = None) -> Iterator[list[tuple[Any, ...]]]:
+        """Keyset pages of ``sql`` (``[source_table = %s AND] id > %s ORDER BY id LIMIT %s``),
+        ``scan_chunk_rows`` at a time: memory stays bounded for any table size."""
+        after = ""
+        while True:
+            params = (table, after, self._scan_chunk_rows) if table is not None else (after, self._scan_chunk_rows)
+
+            def page(cur: Any, params: tuple[Any, ...] = params) -> list[tuple[Any, ...]]:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+
+            rows = self._run(what, page, deadline_s=deadline_s)
+            if rows:
+                yield rows
+            if len(rows) < self._scan_chunk_rows:
+                return
+            after = str(rows[-1][0])
+
+    def search(self, vector: np.ndarray, k: int, table: str | None = None) -> list[SearchHit]:
+        """The ``k`` nearest points by cosine similarity, best first.
+
+        ``table`` restricts the search to one source table (the filtered variant).
+        ANN through the vector index when one exists, exact KNN otherwise; the
+        score is always the exact cosine similarity, recomputed here from the
+        returned vectors (ANN distances may be quantised).
+        """
+        if not self._table_ready():
+            return []  # e.g. a search replica started before the writer created the table
+        dimension = self._require_dimension()
+        q = self._check_vector(vector, dimension, "query vector")
+        if k <= 0:
+            return []
+        if not self.sql.has_ann:
+            return self._scan_search(q, int(k), table)
+        text = vector_to_text(q)
+        use_ann = self._has_index_cached()
+        rows: list[tuple[Any, ...]] | None = None
+        if use_ann:
+            # A filter applied after the ANN step can leave fewer than k rows;
+            # ask the index for more candidates in that case.
+            fetch = int(k) if table is None else min(max(int(k) * 10, 100), 10_000)
+            sql, params = self.sql.ann_query(text, fetch, table)
+            try:
+                rows = self._fetch_all("searching (ANN)", sql, params)
+            except SinkError as exc:
+                log.warning("MySQL sink: ANN search failed, falling back to exact KNN: %s", exc)
+                self._index_exists = None
+                rows = None
+            if rows is not None and table is not None and len(rows) < k:
+                rows = None  # post-filtered ANN came up short: the exact answer is cheap enough
+        if rows is None:
+            sql, params = self.sql.knn_query(text, int(k), table)
+            rows = self._fetch_all("searching (exact KNN)", sql, params)
+        scored = []
+        for r in rows:
+            scored.append((_cosine(q, self.sql.decode_vector(r[4])), r))
+        scored.sort(key=lambda t: (-t[0], str(t[1][0])))
+        return [
+            SearchHit(table=str(r[1]), key=json.loads(r[2]), score=float(s), payload=json.loads(r[3]))
+            for s, r in scored[: int(k)]
+        ]
+
+    def _scan_search(self, q: np.ndarray, k: int, table: str | None) -> list[SearchHit]:
+        """Exact cosine search by streaming (id, vector) pages through numpy."""
+        dimension = q.shape[0]
+        qn = float(np.linalg.norm(q))
+        best_ids: list[str] = []
+        best_vecs = np.zeros((0, dimension), dtype=np.float32)
+        best_scores = np.zeros(0, dtype=np.float32)
+        pages = self._pages(self.sql.scan_sql(table is not None), table, "searching (exact scan)", self._search_deadline_s)
+        for rows in pages:
+            blob = b"".join(bytes(r[1]) for r in rows)
+            if len(blob) != len(rows) * 4 * dimension:
+                bad = next(str(r[0]) for r in rows if len(r[1]) != 4 * dimension)
+                raise SinkError(
+                    f"stored vector of point {bad} does not have {dimension} float32 values: the table is corrupt"
+                )
+            mat = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension)
+            scores = _cosine_rows(mat, q, qn)
+            ids = [str(r[0]) for r in rows]
+            all_ids = best_ids + ids
+            all_scores = np.concatenate([best_scores, scores])
+            all_vecs = np.concatenate([best_vecs, mat])
+            if len(all_ids) > k:
+                keep = np.argpartition(-all_scores, k - 1)[:k]
+            else:
+                keep = np.arange(len(all_ids))
+            best_ids = [all_ids[i] for i in keep]
+            best_scores = all_scores[keep]
+            best_vecs = np.ascontiguousarray(all_vecs[keep])
+        if not best_ids:
+            return []
+        # Final scores in float64 from the stored vectors; ties broken by id for stable output.
+        exact = [(_cosine(q, best_vecs[i]), best_ids[i]) for i in range(len(best_ids))]
+        exact.sort(key=lambda t: (-t[0], t[1]))
+        ids = [i for _, i in exact]
+
+        def fetch(cur: Any) -> dict[str, tuple[Any, ...]]:
+            cur.execute(self.sql.hits_sql(len(ids)), ids)
+            return {str(r[0]): r for r in cur.fetchall()}
+
+        stored = self._run("reading search hits", fetch, deadline_s=self._search_deadline_s)
+        hits = []
+        for score, pid in exact:
+            r = stored.get(pid)
+            if r is None:
+                continue  # deleted between the scan and this read
+            hits.append(SearchHit(table=str(r[1]), key=json.loads(r[2]), score=float(score), payload=json.loads(r[3])))
+        return hits
+
+    # ------------------------------------------------------------------ state
+    def _ensure_state_table(self) -> None:
+        if self._state_table_ready:
+            return
+        self._execute_statements([(self.sql.create_state_table_sql(), ())], "creating the state table")
+        self._state_table_ready = True
+
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        """The JSON document stored under ``name``, or None."""
+        self._ensure_state_table()
+
+        def run(cur: Any) -> Any:
+            cur.execute(self.sql.state_get_sql(), (name,))
+            row = cur.fetchone()
+            return None if row is None else row[0]
+
+        raw = self._run(f"reading state {name!r}", run)
+        return None if raw is None else json.loads(raw)
+
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
+        """Store (or with None remove) a state document; committed on return."""
+        self._ensure_state_table()
+        if value is None:
+            self._run(f"removing state {name!r}", lambda cur: cur.execute(self.sql.state_delete_sql(), (name,)))
+            return
+        doc = dump_json(value)
+        self._run(f"writing state {name!r}", lambda cur: cur.execute(self.sql.state_set_sql(), (name, doc)))
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - closing a dead connection
+                    pass
+                self._conn = None
+
+    def __repr__(self) -> str:
+        return f"MySQLSink({self._where}, table={self.sql.table!r}, dialect={self.dialect!r})"
+
+
+def _stored_fields(p: VectorPoint) -> tuple[Any, ...]:
+    """What is stored beside the vector, in column order: source_table, source_key, text,
+    text_hash, payload, content_hash (upserts and payload updates write the same)."""
+    payload_json = dump_json(p.payload or {})
+    return (p.table, dump_json(list(p.key)), p.text, p.text_hash, payload_json,
+            content_hash(p.table, p.key, p.text, payload_json))
+
+
+def _cosine(q: np.ndarray, v: np.ndarray) -> float:
+    q64 = np.asarray(q, dtype=np.float64)
+    v64 = np.asarray(v, dtype=np.float64)
+    denom = float(np.linalg.norm(q64) * np.linalg.norm(v64))
+    if denom == 0.0:
+        return 0.0  # cosine is undefined for a zero vector; rank it neutral
+    return float(np.dot(q64, v64) / denom)
+
+
+def _cosine_rows(mat: np.ndarray, q: np.ndarray, qn: float) -> np.ndarray:
+    dots = mat @ q
+    norms = np.sqrt(np.einsum("ij,ij->i", mat, mat)) * qn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = np.where(norms > 0, dots / norms, 0.0)
+    return scores.astype(np.float32)

@@ -1,0 +1,239 @@
+"""The VectorSink contract (``actors/sinks/base.py``), one set of cases run on every sink of ``conftest.SINK_KINDS``.
+
+Sink-specific behaviour (durability settings, dialect SQL, retries, locks,
+index lifecycle, paging) stays in the sinks' own tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from actors.changes import point_id, text_hash
+from actors.sinks.base import MissingPointError, SinkError, VectorPoint, VectorSink
+from tests.contract.conftest import Store
+from tests.contract.points import DIM, DOCS, NOTES, assert_same, point, points, snapshot, unit, written
+
+
+def _absent_id() -> str:
+    return str(uuid.uuid4())
+
+
+# -- idempotent writes ----------------------------------------------------------------------
+
+
+def test_replaying_an_upsert_is_idempotent(sink: VectorSink) -> None:
+    batch = points(DOCS, range(6)) + points(NOTES, range(3))
+    sink.upsert(batch)
+    first = snapshot(sink)
+    sink.upsert(batch)
+    assert sink.count() == 9
+    assert_same(snapshot(sink), first)
+    assert_same(first, written(batch))
+
+
+def test_replaying_upsert_then_delete_is_idempotent(sink: VectorSink) -> None:
+    batch = points(DOCS, range(8))
+    gone = [p.id for p in batch[:3]]
+    for _ in range(2):  # the pipeline replays a batch it could not acknowledge
+        sink.upsert(batch)
+        sink.delete(gone)
+        assert sink.count() == 5
+        assert_same(snapshot(sink), written(batch[3:]))
+
+
+def test_deleting_ids_that_do_not_exist_is_harmless(sink: VectorSink) -> None:
+    sink.delete([_absent_id()])  # on an empty store
+    sink.delete([])
+    batch = points(DOCS, range(4))
+    sink.upsert(batch)
+    sink.delete([_absent_id(), _absent_id()])
+    sink.delete([])
+    assert sink.count() == 4
+    assert_same(snapshot(sink), written(batch))
+
+
+# -- what is stored ---------------------------------------------------------------------------
+
+
+def test_upsert_then_read_back_every_field(sink: VectorSink) -> None:
+    payload = {
+        "title": "Dünë — 東京 🚀",
+        "nested": {"list": [1, "two", None, {"deep": True}], "empty": {}, "none": None},
+        "none": None,
+        "yes": True,
+        "no": False,
+        "int": -42,
+        "big": 2**40,
+        "float": 0.1,
+    }
+    p = point(DOCS, ["acme", 7], text="première ligne\nzweite Zeile ✓", payload=payload)
+    long_way = point(NOTES, 1, vector=unit(3) * 7.5)  # not unit length: only the direction is kept
+    sink.upsert([p, long_way])
+
+    stored = {s.id: s for s in sink.iter_points(with_vectors=True)}
+    assert sorted(stored) == sorted([p.id, long_way.id])
+    got = stored[p.id]
+    assert (got.id, got.table, got.key, got.text, got.text_hash) == (p.id, DOCS, ["acme", 7], p.text, text_hash(p.text))
+    assert got.payload == payload
+    # True == 1 and 1 == 1.0 in Python: the types must survive too
+    assert [type(got.payload[k]) for k in ("yes", "no", "int", "big", "float")] == [bool, bool, int, int, float]
+    assert type(got.payload["nested"]["list"][3]["deep"]) is bool
+    assert got.vector is not None and got.vector.dtype == np.float32
+    np.testing.assert_allclose(got.vector, p.vector, rtol=0, atol=1e-6)
+    direction = stored[long_way.id].vector
+    assert float(direction @ unit(3) / np.linalg.norm(direction)) == pytest.approx(1.0, abs=1e-6)
+    assert all(s.vector is None for s in sink.iter_points())  # vectors only when asked for
+
+
+def test_payload_update_changes_text_and_payload_and_keeps_the_vector(sink: VectorSink) -> None:
+    batch = points(DOCS, range(3))
+    sink.upsert(batch)
+    old = batch[1]
+    new = VectorPoint(old.id, old.table, old.key, None, "new text", text_hash("new text"), {"v": 2, "tags": ["x"]})
+    sink.update_payloads([new])  # vector=None: what the writer sends for unchanged text
+
+    assert sink.count() == 3
+    kept_vector = VectorPoint(new.id, new.table, new.key, old.vector, new.text, new.text_hash, new.payload)
+    assert_same(snapshot(sink), written([batch[0], kept_vector, batch[2]]))
+    assert sink.text_hashes([old.id]) == {old.id: text_hash("new text")}
+
+
+def test_payload_update_of_a_missing_point_raises_and_applies_nothing(sink: VectorSink) -> None:
+    batch = points(DOCS, range(3))
+    sink.upsert(batch)
+    before = snapshot(sink)
+    missing = point(DOCS, 99)
+    call = [
+        VectorPoint(batch[0].id, DOCS, batch[0].key, None, "changed", text_hash("changed"), {"v": "changed"}),
+        VectorPoint(missing.id, DOCS, missing.key, None, missing.text, missing.text_hash, missing.payload),
+        VectorPoint(batch[2].id, DOCS, batch[2].key, None, "changed", text_hash("changed"), {"v": "changed"}),
+    ]
+    with pytest.raises(MissingPointError) as info:
+        sink.update_payloads(call)
+    assert isinstance(info.value, SinkError)
+    message = str(info.value)
+    assert missing.id in message and "not applied" in message and "\n" not in message
+    assert info.value.point_ids == [missing.id]
+    # all or nothing: the existing points of the same call were not changed, nothing was inserted
+    assert sink.count() == 3
+    assert_same(snapshot(sink), before)
+    assert sink.text_hashes([missing.id]) == {}
+
+
+# -- reads ------------------------------------------------------------------------------------------
+
+
+def test_iter_points_by_table_and_count(sink: VectorSink) -> None:
+    docs, notes = points(DOCS, range(5)), points(NOTES, range(3))
+    sink.upsert(docs + notes)
+    sink.set_state("contract/doc", {"not": "a point"})
+    assert {p.id for p in sink.iter_points(DOCS)} == {p.id for p in docs}
+    assert {p.id for p in sink.iter_points(NOTES)} == {p.id for p in notes}
+    assert {p.id for p in sink.iter_points()} == {p.id for p in docs + notes}
+    assert list(sink.iter_points("public.nothing")) == []
+    assert sink.count() == 8  # the state document is not counted
+
+
+def test_text_hashes_of_present_ids_only(sink: VectorSink) -> None:
+    batch = points(DOCS, range(4))
+    sink.upsert(batch)
+    asked = [batch[0].id, _absent_id(), batch[3].id, batch[0].id]
+    assert sink.text_hashes(asked) == {batch[0].id: batch[0].text_hash, batch[3].id: batch[3].text_hash}
+    assert sink.text_hashes([_absent_id()]) == {}
+    assert sink.text_hashes([]) == {}
+
+
+# -- state documents ---------------------------------------------------------------------------------
+
+
+def test_state_documents_set_overwrite_and_clear(sink: VectorSink) -> None:
+    assert sink.get_state("slot/contract") is None
+    sink.set_state("slot/contract", {"backfill_complete": False})
+    doc = {"backfill_complete": True, "tables": ["public.docs"], "n": 3, "at": 1.5, "nested": {"a": [1, None, {"b": "ü"}]}}
+    sink.set_state("slot/contract", doc)  # overwrite
+    sink.set_state("slot/other", {"x": None})
+    assert sink.get_state("slot/contract") == doc
+    assert sink.get_state("slot/other") == {"x": None}
+    sink.set_state("slot/contract", None)
+    assert sink.get_state("slot/contract") is None
+    assert sink.get_state("slot/other") == {"x": None}  # names are independent
+    sink.set_state("never/set", None)  # clearing a missing document is harmless
+    assert sink.get_state("never/set") is None
+
+
+def test_state_documents_are_never_points(sink: VectorSink) -> None:
+    sink.set_state("slot/contract", {"backfill_complete": True})
+    assert sink.count() == 0
+    assert list(sink.iter_points()) == []
+    assert sink.search(unit(1), 10) == []
+    sink.upsert([point(DOCS, 1)])
+    assert sink.count() == 1
+    assert [h.key for h in sink.search(unit(1), 10)] == [[1]]
+
+
+# -- search ---------------------------------------------------------------------------------------------
+
+
+def test_search_matches_exact_cosine_similarity(sink: VectorSink) -> None:
+    rng = np.random.default_rng(11)
+    raw = rng.normal(size=(50, DIM)) * rng.uniform(0.1, 10.0, size=(50, 1))  # not unit length: true cosine
+    batch = [point(DOCS if i % 2 else NOTES, i, payload={"i": i}, vector=raw[i].astype(np.float32)) for i in range(50)]
+    sink.upsert(batch)
+    stored = np.stack([p.vector for p in batch]).astype(np.float64)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    queries = [rng.normal(size=DIM) * 3 for _ in range(4)] + [raw[17] * 3]
+    for q in queries:
+        cosine = stored @ (q / np.linalg.norm(q))
+        best = np.argsort(-cosine)[:10]
+        hits = sink.search(q.astype(np.float32), 10)
+        assert [point_id(h.table, h.key) for h in hits] == [batch[i].id for i in best]
+        np.testing.assert_allclose([h.score for h in hits], cosine[best], rtol=0, atol=1e-4)
+        assert [h.payload for h in hits] == [{"i": int(i)} for i in best]
+    assert hits[0].key == [17] and hits[0].score == pytest.approx(1.0, abs=1e-4)  # the last query: a stored vector
+
+
+def test_search_with_k_beyond_the_count_returns_all_and_an_empty_store_none(sink: VectorSink) -> None:
+    q = unit(5)
+    assert sink.search(q, 5) == []
+    batch = points(DOCS, range(4))
+    sink.upsert(batch)
+    hits = sink.search(q, 50)
+    assert sorted(point_id(h.table, h.key) for h in hits) == sorted(p.id for p in batch)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+# -- set-up and health ----------------------------------------------------------------------------------
+
+
+def test_ping_succeeds_on_a_ready_sink(sink: VectorSink) -> None:
+    assert sink.ping() is None
+    assert sink.count() == 0  # a read: nothing was written
+
+
+def test_ensure_ready_again_keeps_points_and_another_dimension_raises(sink: VectorSink) -> None:
+    batch = points(DOCS, range(3))
+    sink.upsert(batch)
+    sink.ensure_ready(DIM)
+    assert_same(snapshot(sink), written(batch))
+    with pytest.raises(SinkError) as info:
+        sink.ensure_ready(DIM * 2)
+    assert "\n" not in str(info.value)
+
+
+def test_points_and_state_survive_a_reopen(store: Store, sink: VectorSink) -> None:
+    if not store.kind.durable:
+        pytest.skip(f"{store.kind.name} keeps nothing once closed, by design")
+    batch = points(DOCS, range(5))
+    sink.upsert(batch)
+    sink.delete([batch[0].id])
+    sink.update_payloads([VectorPoint(batch[1].id, DOCS, batch[1].key, None, "t2", text_hash("t2"), {"v": 2})])
+    sink.set_state("slot/contract", {"backfill_complete": True})
+    before = snapshot(sink)
+
+    again = store.reopen(sink)
+    assert again.count() == 4
+    assert_same(snapshot(again), before)
+    assert again.get_state("slot/contract") == {"backfill_complete": True}
