@@ -39,7 +39,8 @@ from actors.pgoutput import (
     parse_copy_message,
     standby_status,
 )
-from actors.source_schema import SourceError, TableSpec, connect, drop_slot, ensure_publication
+from actors.schema_watch import SchemaChanged, SchemaWatch
+from actors.source_schema import SourceError, TableSpec, connect, drop_slot, ensure_publication, learn_types
 from actors.source_config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,16 @@ STATUS_INTERVAL_S = 5.0
 #: longest wait for the rest of a transaction already begun (normally < 1 ms away)
 COMMIT_WAIT_S = 0.05
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-#: keys whose last emitted text hash is remembered (lets payload-only updates skip the model)
-TEXT_HASH_CACHE_ENTRIES = 100_000
+#: keys whose last emitted text hash is remembered (lets payload-only updates skip the model);
+#: about 300 bytes each
+TEXT_HASH_CACHE_ENTRIES = 500_000
+#: rendered texts at least this long (their columns are likely stored out of line, TOASTed)
+#: are remembered with their payload (its repr at most PAYLOAD_MEMO_MAX characters), so an
+#: update that changes neither needs no fetch and no change at all
+PAYLOAD_MEMO_MIN_TEXT = 1024
+PAYLOAD_MEMO_MAX = 512
+#: keys per query fetching unchanged TOAST values
+TOAST_FETCH_CHUNK = 5000
 
 
 def _cache_key(table: str, key: tuple[Any, ...]) -> Any:
@@ -67,6 +76,29 @@ def _cache_key(table: str, key: tuple[Any, ...]) -> Any:
     except TypeError:
         return point_id(table, key)
     return ck
+
+
+def _unknown_key(spec: TableSpec, event: RowChange) -> SchemaChanged:
+    """An update or delete whose row cannot be identified: never a change with a made-up key.
+
+    Permanent: the change is in the WAL as it is, so replaying it cannot help;
+    the pipeline stops before it (nothing after it is confirmed).
+    """
+    what = {"U": "an update", "D": "a delete"}.get(event.kind, "an insert")
+    return SchemaChanged(
+        f"{what} of {spec.name} arrived without the value of its key ({', '.join(spec.key_columns)}): "
+        "stored out of line (TOAST) and not resent, with no old key in the change; "
+        f"ALTER TABLE {spec.quoted_table} REPLICA IDENTITY FULL for the changes to come, then re-index from a "
+        "fresh snapshot past this one (embedcluster drop --config FILE --yes, then run again)"
+    )
+
+
+def _decoder_types(specs: dict[str, TableSpec]) -> dict[int, tuple[int, int]]:
+    """The catalog's type knowledge of every table, for the decoder's per-column converters."""
+    types: dict[int, tuple[int, int]] = {}
+    for spec in specs.values():
+        types.update(spec.types or {})
+    return types
 
 
 def _now_pg_us() -> int:
@@ -99,7 +131,17 @@ class PgChangeSource:
         # are applied in emission order, so once earlier batches are written the
         # sink holds exactly that text.  Cleared on every (re)start, because
         # after a restart the emitted-but-unwritten batches are gone.
-        self._emitted: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._emitted: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        # upserts of this batch waiting for unchanged TOAST values (see
+        # _resolve_deferred), and the cache keys they (and later changes of those
+        # keys, which wait too, in order) belong to
+        self._deferred: list[tuple[Any, ...]] = []
+        self._deferred_keys: set[Any] = set()
+        self._fetch_sqls: dict[str, str] = {}  # table -> SELECT of _fetch_rows
+        # schema changes that stop the pipeline (see actors/schema_watch.py); a
+        # change found mid-batch ends that batch, and the next read raises it
+        self._watch = SchemaWatch(specs)
+        self._halt: SchemaChanged | None = None
 
     # -- set-up ----------------------------------------------------------------
 
@@ -115,6 +157,29 @@ class PgChangeSource:
             )
         return row is not None
 
+    def slot_status(self) -> dict[str, Any]:
+        """What a resume is checked against: does the slot exist, its confirmed
+        position, and the identity of the server and database it belongs to
+        (``IDENTIFY_SYSTEM``: a store that followed another server, a restored
+        one or a promoted copy with another history, must not resume here)."""
+        exists = self.slot_exists()
+        dsn, masked = self.source.dsn_value, self.source.dsn_masked
+        with connect(dsn, masked, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+            ).fetchone()
+        with connect(dsn, masked, autocommit=True, replication="database") as repl:
+            res = repl.pgconn.exec_(b"IDENTIFY_SYSTEM")
+            if res.status != pq.ExecStatus.TUPLES_OK:
+                message = (res.error_message or b"").decode(errors="replace").strip()
+                raise SourceError(f"IDENTIFY_SYSTEM failed for slot {self.slot}: {message}")
+            system_id, database = res.get_value(0, 0).decode(), (res.get_value(0, 3) or b"").decode()
+        return {
+            "exists": exists,
+            "confirmed_lsn": parse_lsn(row[0]) if row and row[0] else None,
+            "identity": {"system_id": system_id, "database": database, "slot": self.slot},
+        }
+
     def start(self, backfill: bool) -> dict[str, Any]:
         """Prepare publication and slot; with ``backfill`` start from a fresh snapshot.
 
@@ -124,8 +189,10 @@ class PgChangeSource:
         """
         dsn, masked = self.source.dsn_value, self.source.dsn_masked
         self._emitted.clear()
+        self._halt = None
         with connect(dsn, masked, autocommit=True) as conn:
             ensure_publication(conn, self.source.publication, list(self.specs))
+            learn_types(conn, self.specs.values())  # element types of arrays of user types, domains
         self._side = connect(dsn, masked, autocommit=True)
         self._repl = connect(dsn, masked, autocommit=True, replication="database")
         info: dict[str, Any] = {"slot": self.slot, "backfill": backfill}
@@ -165,7 +232,7 @@ class PgChangeSource:
         options = f"proto_version '1', publication_names '{self.source.publication}'"
         self._simple(f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})')
         self._streaming = True
-        self._decoder = PgOutputDecoder()
+        self._decoder = PgOutputDecoder(_decoder_types(self.specs))
         self._in_txn = False
         # The server resends from the slot's confirmed position, which is behind
         # everything handed out before this (re)start.  A safe position kept from
@@ -181,11 +248,9 @@ class PgChangeSource:
         assert self._snapshot_conn is not None
         chunk = self.source.backfill_chunk
         for spec in self.specs.values():
-            schema, table = spec.name.split(".")
-            keys = ", ".join(f'"{c}"' for c in spec.key_columns)
-            # aliased: key columns appear twice (native for the keyset, text for values)
-            texts = ", ".join(f'"{c}"::text AS "v{i}"' for i, c in enumerate(spec.needed_columns))
-            base = f'SELECT {keys}, {texts} FROM "{schema}"."{table}"'
+            keys = spec.quoted_keys
+            # key columns appear twice: native for the keyset, text for the values
+            base = f"SELECT {keys}, {spec.text_select_list()} FROM {spec.quoted_table}"
             order = f" ORDER BY {keys} LIMIT {chunk}"
             last: tuple[Any, ...] | None = None
             total = 0
@@ -202,12 +267,10 @@ class PgChangeSource:
                     break
                 changes = []
                 for raw in rows:
-                    row = {
-                        col: spec.convert(col, raw[nkeys + i]) for i, col in enumerate(spec.needed_columns)
-                    }
+                    row = spec.row_from_texts(raw[nkeys:])
                     text, payload = spec.render(row)
                     key = spec.key_of(row)
-                    self._remember(_cache_key(spec.name, key), text)
+                    self._remember(_cache_key(spec.name, key), text, payload)
                     changes.append(Change("upsert", spec.name, key, text, payload, 0))
                 last = tuple(rows[-1][:nkeys])
                 total += len(rows)
@@ -226,6 +289,8 @@ class PgChangeSource:
         """
         if ack_lsn:
             self.ack(ack_lsn)
+        if self._halt is not None:
+            raise self._halt
         self._seq += 1
         if self._backfill is not None:
             return self._next_backfill_batch(max_changes)
@@ -243,15 +308,27 @@ class PgChangeSource:
         self._snapshot_conn.close()
         self._snapshot_conn = None
         self._backfill = None
+        # Every change up to the snapshot's position is in the snapshot: once
+        # the marker is written that position may be confirmed (and recorded
+        # by the writer as what the store reflects).
+        snapshot_lsn = self._safe_lsn or None
         self._start_streaming()
-        return ChangeBatch(self._seq, [], ack_lsn=None, phase="backfill", snapshot_complete=True)
+        return ChangeBatch(self._seq, [], ack_lsn=snapshot_lsn, phase="backfill", snapshot_complete=True)
 
     def _read_stream(self, max_changes: int, timeout: float) -> ChangeBatch:
         assert self._repl is not None
         pgconn = self._repl.pgconn
         deadline = time.monotonic() + timeout
+        if self._watch.due():
+            assert self._side is not None
+            try:
+                self._watch.check_catalog(self._side)  # a rename or drop sends nothing (yet)
+            except SchemaChanged as exc:
+                self._halt = exc
+                raise
         changes: list[Change] = []
-        while len(changes) < max_changes:
+        self._deferred, self._deferred_keys = [], set()  # what a failed read left is gone with it
+        while len(changes) < max_changes and self._halt is None:
             nbytes, data = pgconn.get_copy_data(1)
             if nbytes == 0:
                 self._maybe_send_status()
@@ -295,6 +372,9 @@ class PgChangeSource:
                 continue
             self._received_lsn = max(self._received_lsn, msg.data_start)
             self._decode(msg.payload, changes)
+        if self._halt is not None and not changes:
+            raise self._halt
+        self._resolve_deferred(changes)
         return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream")
 
     def _decode(self, payload: bytes, out: list[Change]) -> None:
@@ -311,63 +391,199 @@ class PgChangeSource:
             self._row_change(event, out)
         elif isinstance(event, Truncate):
             for rel in event.relations:
-                if rel.qualified_name in self.specs:
-                    out.append(Change("truncate", rel.qualified_name, (), lsn=self._txn_commit_lsn))
+                spec = self._watch.spec_for(rel)
+                if spec is not None:
+                    out.append(Change("truncate", spec.name, (), lsn=self._txn_commit_lsn))
+                    self._resolve_deferred(out)  # before forgetting what they emitted
                     self._emitted.clear()
+        elif isinstance(event, Relation):
+            try:
+                assert self._side is not None
+                self._watch.check_relation(event, self._side)
+            except SchemaChanged as exc:
+                # Nothing of this table from here on may be applied: end the
+                # batch before it (what came before is written and confirmed as
+                # usual), and stop at the next read.
+                self._halt = exc
 
     def _row_change(self, event: RowChange, out: list[Change]) -> None:
-        spec = self.specs.get(event.relation.qualified_name)
+        spec = self._watch.spec_for(event.relation)
         if spec is None:
             return
         lsn = self._txn_commit_lsn
         if event.kind == "D":
             assert event.old is not None
             old_key = spec.key_of(event.old)
-            self._emitted.pop(_cache_key(spec.name, old_key), None)
+            if None in old_key:
+                raise _unknown_key(spec, event)
+            self._forget(_cache_key(spec.name, old_key))
             out.append(Change("delete", spec.name, old_key, lsn=lsn))
             return
         row = event.new or {}
+        missing: tuple[str, ...] = ()
         # C-level pre-check; the exact per-column test only when some value is unchanged TOAST
-        if UNCHANGED_TOAST in row.values() and any(row.get(c) is UNCHANGED_TOAST for c in spec.needed_columns):
-            row = self._fill_unchanged(spec, event.relation, row)
+        if UNCHANGED_TOAST in row.values():
+            row, missing = self._take_unchanged(spec, event, row)
         key = spec.key_of(row)
+        if None in key:
+            raise _unknown_key(spec, event)
         if event.kind == "U" and event.old is not None:
             old_key = spec.key_of(event.old)
             if old_key != key and all(v is not None for v in old_key):
-                self._emitted.pop(_cache_key(spec.name, old_key), None)
+                self._forget(_cache_key(spec.name, old_key))
                 out.append(Change("delete", spec.name, old_key, lsn=lsn))  # primary key changed
+        ck = _cache_key(spec.name, key)
+        if missing or (self._deferred_keys and ck in self._deferred_keys):
+            # (after a key change nothing is remembered for the new key: no shortcut)
+            if missing and event.kind == "U" and self._changes_nothing(spec, row, missing, ck):
+                return
+            # rendered at the end of the batch, in order, once the values are fetched
+            change = Change("upsert", spec.name, key, None, None, lsn)
+            out.append(change)
+            self._deferred.append((change, spec, row, ck, event.kind, missing))
+            self._deferred_keys.add(ck)
+            return
         text, payload = spec.render(row)
-        unchanged = self._remember(_cache_key(spec.name, key), text) and event.kind == "U"
+        unchanged = self._remember(ck, text, payload) and event.kind == "U"
         out.append(Change("upsert", spec.name, key, text, payload, lsn, text_unchanged=unchanged))
 
-    def _remember(self, pid: Any, text: str) -> bool:
-        """Record the text emitted for ``pid``; True if it equals the previous one."""
+    def _take_unchanged(self, spec: TableSpec, event: RowChange, row: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The row with unchanged TOAST values taken from the change's old tuple where it has
+        them, and the needed columns still unknown (to fetch).
+
+        The old tuple holds every column with REPLICA IDENTITY FULL, else only the key
+        (sent when the key changed or is itself stored out of line): a key column that
+        arrives as unchanged is taken from there, never fetched by a key we do not know.
+        """
+        unknown = [c for c in spec.needed_columns if row.get(c) is UNCHANGED_TOAST]
+        if not unknown:
+            return row, ()
+        row = dict(row)
+        old = event.old
+        if old is not None:
+            full = event.relation.replica_identity == "f"
+            for c in unknown:
+                value = old.get(c, UNCHANGED_TOAST)
+                if value is not UNCHANGED_TOAST and (full or c in spec.key_columns):
+                    row[c] = value
+        if any(row.get(c) is UNCHANGED_TOAST for c in spec.key_columns):
+            raise _unknown_key(spec, event)
+        return row, tuple(c for c in unknown if row[c] is UNCHANGED_TOAST)
+
+    def _changes_nothing(self, spec: TableSpec, row: dict[str, Any], missing: tuple[str, ...], ck: Any) -> bool:
+        """True for an update that changes nothing the index holds, known without a fetch.
+
+        Every template column is unchanged TOAST, so the text is the one of the
+        row's previous version, which is what this reader emitted last for the key
+        (the stream is in commit order); the payload was remembered with that text
+        (rows with long texts only, see :meth:`_remember`), and every payload
+        column arrived, equal to it.  Typically an UPDATE of a column outside the
+        template and payload of rows with large texts: nothing to fetch, embed or
+        write.
+        """
+        if any(c not in missing for c in spec.template_columns) or not spec.template_columns:
+            return False
+        if ck in self._deferred_keys:
+            return False  # the remembered version is not the previous one yet
+        entry = self._emitted.get(ck)
+        if type(entry) is not tuple:
+            return False
+        payload = spec.payload_columns
+        if any(c in missing for c in payload):
+            return False
+        if repr(tuple(row.get(c) for c in payload)) != entry[1]:  # repr: 1, 1.0 and True differ
+            return False
+        self._emitted.move_to_end(ck)
+        return True
+
+    def _forget(self, ck: Any) -> None:
+        """Drop what was emitted for a key (deleted, or moved to another key), in batch order."""
+        if self._deferred_keys and ck in self._deferred_keys:
+            self._deferred.append((None, None, None, ck, "D", ()))
+        else:
+            self._emitted.pop(ck, None)
+
+    def _remember(self, pid: Any, text: str, payload: dict[str, Any] | None = None) -> bool:
+        """Record the text emitted for ``pid``; True if it equals the previous one.
+
+        For long texts (likely stored out of line) the payload is remembered too,
+        as its values' repr when short: :meth:`_changes_nothing` compares it.
+        """
         digest = text_hash(text)
-        same = self._emitted.get(pid) == digest
+        entry = self._emitted.get(pid)
+        same = entry == digest or (type(entry) is tuple and entry[0] == digest)
+        if payload is not None and len(text) >= PAYLOAD_MEMO_MIN_TEXT:
+            memo = repr(tuple(payload.values()))
+            if len(memo) <= PAYLOAD_MEMO_MAX:
+                digest = (digest, memo)
         self._emitted[pid] = digest
         self._emitted.move_to_end(pid)
         if len(self._emitted) > TEXT_HASH_CACHE_ENTRIES:
             self._emitted.popitem(last=False)
         return same
 
-    def _fill_unchanged(self, spec: TableSpec, rel: Relation, row: dict[str, Any]) -> dict[str, Any]:
-        """Fetch TOASTed values the server did not resend (they did not change).
+    def _resolve_deferred(self, out: list[Change]) -> None:
+        """Render the changes of this batch that waited for unchanged TOAST values.
 
-        The current row may be newer than this change; a newer version will be
-        streamed after it anyway, so the final state still follows commit order.
+        The values are fetched with one query per table (in chunks of
+        TOAST_FETCH_CHUNK keys), not one per row.  The current row may be newer
+        than the change; a newer version will be streamed after it anyway, so the
+        final state still follows commit order.  A row gone since is skipped: its
+        delete (or key change) follows in the stream.  Changes of the same keys
+        that came later in the batch waited too, so what is remembered per key
+        follows batch order.
         """
+        entries, self._deferred, self._deferred_keys = self._deferred, [], set()
+        if not entries:
+            return
+        wanted: dict[str, tuple[TableSpec, dict[Any, tuple[Any, ...]]]] = {}
+        for change, spec, _row, ck, _kind, missing in entries:
+            if missing:
+                wanted.setdefault(spec.name, (spec, {}))[1][ck] = change.key
+        current = {name: self._fetch_rows(spec, list(keys.values())) for name, (spec, keys) in wanted.items()}
+        gone: set[int] = set()
+        for change, spec, row, ck, kind, missing in entries:
+            if change is None:
+                self._emitted.pop(ck, None)
+                continue
+            if missing:
+                found = current[spec.name].get(ck)
+                if found is None:
+                    gone.add(id(change))
+                    self._emitted.pop(ck, None)
+                    continue
+                row = {**row, **{c: found[c] for c in missing}}
+            change.text, change.payload = spec.render(row)
+            change.text_unchanged = self._remember(ck, change.text, change.payload) and kind == "U"
+        if gone:
+            out[:] = [c for c in out if id(c) not in gone]
+
+    def _fetch_rows(self, spec: TableSpec, keys: list[tuple[Any, ...]]) -> dict[Any, dict[str, Any]]:
+        """Current rows of ``keys`` (cache key -> converted row), read as the backfill reads them."""
         assert self._side is not None
-        missing = [c for c in spec.needed_columns if row.get(c) is UNCHANGED_TOAST]
-        schema, table = spec.name.split(".")
-        where = " AND ".join(f'"{c}" = %s' for c in spec.key_columns)
-        cols = ", ".join(f'"{c}"::text' for c in missing)
-        found = self._side.execute(
-            f'SELECT {cols} FROM "{schema}"."{table}" WHERE {where}', spec.key_of(row)
-        ).fetchone()
-        filled = dict(row)
-        for i, col in enumerate(missing):
-            filled[col] = spec.convert(col, found[i]) if found else None
-        return filled
+        sql = self._fetch_sql(spec)
+        found: dict[Any, dict[str, Any]] = {}
+        for start in range(0, len(keys), TOAST_FETCH_CHUNK):
+            texts = [spec.key_texts(key) for key in keys[start : start + TOAST_FETCH_CHUNK]]
+            params = [list(column) for column in zip(*texts)]  # one text[] per key column
+            try:
+                rows = self._side.execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SourceError(f"reading the unchanged TOAST values of {spec.name} failed: {detail}") from exc
+            for values in rows:
+                row = spec.row_from_texts(values)
+                found[_cache_key(spec.name, spec.key_of(row))] = row
+        return found
+
+    def _fetch_sql(self, spec: TableSpec) -> str:
+        """The SELECT of :meth:`_fetch_rows`: one text[] parameter per key column, cast to
+        the column's type (so the primary key's index finds the rows)."""
+        sql = self._fetch_sqls.get(spec.name)
+        if sql is None:
+            assert self._side is not None
+            sql = self._fetch_sqls[spec.name] = spec.rows_by_keys_sql(self._side)
+        return sql
 
     def position(self) -> dict[str, int]:
         """LSNs: received from the server, safe to confirm, and confirmed."""

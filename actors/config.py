@@ -20,12 +20,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-#: Identifier rules, by what the name is for.  Each is matched against the
+#: Identifier rules for the names embedcluster itself creates or must pass to
+#: a server unquoted, by what the name is for.  Each is matched against the
 #: *whole* value (``fullmatch``): ``re.match`` with ``$`` would accept a
-#: trailing newline (``"items\n"``).
+#: trailing newline (``"items\n"``).  Source tables and columns are the
+#: user's own names, taken literally and always quoted
+#: (``actors.source_config.split_qualified``).
 IDENTIFIER_RULES: dict[str, tuple[re.Pattern[str], str]] = {
-    # PostgreSQL schema / table / column names as the config spells them (unquoted)
-    "pg": (re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}"), "1-63 letters, digits, '_' or '$', not starting with a digit"),
     # replication slot and publication names (PostgreSQL allows only these in slot names)
     "pg_slot": (re.compile(r"[a-z0-9_]{1,63}"), "1-63 characters of lower-case letters, digits and '_'"),
     # MySQL tables and Qdrant collections that embedcluster creates

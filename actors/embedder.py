@@ -389,6 +389,22 @@ class Embedder:
             stats.seconds += time.perf_counter() - started
         return vectors[prepared.slots]
 
+    @classmethod
+    def from_config(cls, config: EmbeddingConfig, threads: int = 0) -> "Embedder":
+        """The embedder ``[embedding]`` describes, with ``threads`` torch threads (0: all of
+        this process's): what the pool's actors and ``verify --repair`` run."""
+        return cls(
+            model=config.model,
+            device=config.device,
+            batch_size=config.batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+            threads=threads,
+            dtype=config.dtype,
+            max_length=config.max_length,
+            compile=config.compile,
+            threads_per_worker=config.threads_per_worker,
+        )
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text, in input order."""
         if not texts:

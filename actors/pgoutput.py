@@ -10,71 +10,15 @@ Formats".
 
 from __future__ import annotations
 
-import json
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-# Type OIDs (pg_type.dat) whose text form we turn into JSON-native values.
-_BOOL = 16
-_INTS = {20, 21, 23, 26}  # int8, int2, int4, oid
-_FLOATS = {700, 701}  # float4, float8
-_NUMERIC = 1700
-_JSONS = {114, 3802}  # json, jsonb
+# text form -> value: actors.pgvalues (re-exported here for existing callers)
+from actors.pgvalues import TypeCatalog, convert_text_value, converter_for  # noqa: F401
 
 #: marker for a TOASTed column the server did not resend because it is unchanged
 UNCHANGED_TOAST = object()
-
-
-def convert_text_value(type_oid: int, text: str | None) -> Any:
-    """Turn a column's text representation into a JSON-friendly Python value.
-
-    The backfill reads rows with ``col::text`` and runs them through this same
-    function, so a row looks identical whether it came from the snapshot or the
-    stream (required for "index == table" comparisons).
-    """
-    if text is None:
-        return None
-    if type_oid == _BOOL:
-        return text == "t"
-    if type_oid in _INTS:
-        return int(text)
-    if type_oid in _FLOATS:
-        try:
-            value = float(text)
-        except ValueError:
-            return text
-        return value if math.isfinite(value) else text  # NaN/Infinity are not JSON
-    if type_oid == _NUMERIC:
-        if text.lstrip("-").isdigit():
-            return int(text)
-        try:
-            value = float(text)
-        except ValueError:
-            return text
-        return value if math.isfinite(value) else text
-    if type_oid in _JSONS:
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return text
-
-
-def _to_bool(text: str) -> bool:
-    return text == "t"
-
-
-def converter_for(type_oid: int) -> Any:
-    """``convert_text_value`` specialised for one type: None when text stays text."""
-    if type_oid == _BOOL:
-        return _to_bool
-    if type_oid in _INTS:
-        return int
-    if type_oid in _FLOATS or type_oid == _NUMERIC or type_oid in _JSONS:
-        return lambda text, _oid=type_oid: convert_text_value(_oid, text)
-    return None
 
 
 @dataclass(slots=True)
@@ -195,8 +139,11 @@ _KIND_T, _KIND_N, _KIND_U, _KIND_B = b"tnub"
 class PgOutputDecoder:
     """Stateful decoder: remembers Relation messages to name tuple columns."""
 
-    def __init__(self) -> None:
+    def __init__(self, types: TypeCatalog | None = None) -> None:
         self.relations: dict[int, Relation] = {}
+        # what the catalog adds to the built-in types (domains, arrays of user
+        # types): the per-column converters of a Relation depend on it
+        self.types: TypeCatalog = types or {}
         # relid -> (relation, [(column name, converter or None)]); rebuilt when
         # the relation object changes (a new Relation message)
         self._plans: dict[int, tuple[Relation, list[tuple[str, Any]]]] = {}
@@ -249,7 +196,7 @@ class PgOutputDecoder:
         rel = self._relation(relid)
         entry = self._plans.get(relid)
         if entry is None or entry[0] is not rel:
-            entry = (rel, [(c.name, converter_for(c.type_oid)) for c in rel.columns])
+            entry = (rel, [(c.name, converter_for(c.type_oid, self.types)) for c in rel.columns])
             self._plans[relid] = entry
         return entry
 

@@ -7,7 +7,10 @@ return values) so the classes stay testable without Ray.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +19,12 @@ import ray
 from actors.cdc_reader import PgChangeSource
 from actors.changes import ChangeBatch
 from actors.embedder import Embedder, EmbeddingConfig, model_workers
-from actors.sinks.base import SearchHit, open_sink
+from actors.sinks.base import SearchHit, StoredPoint, VectorPoint, open_sink
 from actors.source_schema import TableSpec
 from actors.writer import ApplyResult, Writer
 from actors.logs import setup_logging
 from actors.source_config import SourceConfig
+from actors.verify import OWNER_FILE
 
 
 @ray.remote(num_cpus=0)
@@ -33,6 +37,9 @@ class CdcReaderActor:
 
     def slot_exists(self) -> bool:
         return self.source.slot_exists()
+
+    def slot_status(self) -> dict[str, Any]:
+        return self.source.slot_status()
 
     def start(self, backfill: bool) -> dict[str, Any]:
         return self.source.start(backfill)
@@ -103,17 +110,7 @@ class EmbeddingActor:
 
     def __init__(self, config: EmbeddingConfig, threads: int, log_level: str = "INFO") -> None:
         setup_logging(log_level)
-        self.embedder = Embedder(
-            model=config.model,
-            device=config.device,
-            batch_size=config.batch_size,
-            max_batch_tokens=config.max_batch_tokens,
-            threads=threads,
-            dtype=config.dtype,
-            max_length=config.max_length,
-            compile=config.compile,
-            threads_per_worker=config.threads_per_worker,
-        )
+        self.embedder = Embedder.from_config(config, threads)
 
     def info(self) -> dict[str, Any]:
         e = self.embedder
@@ -142,6 +139,7 @@ class WriterActor:
     def __init__(self, sink: Any, slot: str, log_level: str = "INFO") -> None:
         setup_logging(log_level)
         self.writer = Writer(open_sink(sink), slot)
+        self._owner = announce_owner(sink) if not self.writer.sink.shared else None
 
     def open(self, dimension: int) -> bool:
         self.writer.open(dimension)
@@ -150,8 +148,8 @@ class WriterActor:
     def backfill_state(self) -> dict[str, Any] | None:
         return self.writer.backfill_state()
 
-    def begin_backfill(self, tables: list[str], publication: str) -> None:
-        self.writer.begin_backfill(tables, publication)
+    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None) -> None:
+        self.writer.begin_backfill(tables, publication, identity)
 
     def apply(self, batch: ChangeBatch, vectors: np.ndarray | None) -> ApplyResult:
         return self.writer.apply(batch, vectors)
@@ -179,5 +177,72 @@ class WriterActor:
     def count(self) -> int:
         return self.writer.sink.count()
 
+    # -- embedcluster verify: the store of a running pipeline, read and repaired through its owner
+
+    @ray.method(concurrency_group="query")
+    def owner(self) -> dict[str, Any] | None:
+        """What this actor recorded beside its embedded store (:func:`announce_owner`), else None."""
+        return self._owner
+
+    @ray.method(concurrency_group="query")
+    def get_points(self, point_ids: list[str]) -> dict[str, StoredPoint]:
+        return self.writer.sink.get_points(point_ids)
+
+    @ray.method(concurrency_group="query")
+    def points_page(self, table: str | None, cursor: str | None, limit: int | None = None) -> tuple[list[StoredPoint], str | None]:
+        return self.writer.sink.points_page(table, cursor, limit)
+
+    @ray.method(concurrency_group="query")
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        return self.writer.sink.get_state(name)
+
+    def upsert_points(self, points: list[VectorPoint]) -> None:
+        """A write outside the change stream (``verify --repair``).  In the default
+        group, like ``apply``: it runs between two batches, never inside one."""
+        self.writer.sink.upsert(points)
+
+    def delete_points(self, point_ids: list[str]) -> None:
+        """See :meth:`upsert_points`."""
+        self.writer.sink.delete(point_ids)
+
     def close(self) -> None:
+        if self._owner is not None:
+            withdraw_owner(self._owner)
         self.writer.sink.close()
+
+
+def announce_owner(sink: Any) -> dict[str, Any] | None:
+    """Record, beside the embedded store at ``sink.path``, how to reach this actor
+    (:data:`actors.verify.OWNER_FILE`): its Ray cluster (GCS address and the auth mode to
+    join it with), namespace, name, pid."""
+    path = getattr(sink, "path", "")
+    if not path or path == ":memory:":
+        return None
+    ctx = ray.get_runtime_context()
+    record = {
+        "gcs_address": ctx.gcs_address,
+        "auth_mode": os.environ.get("RAY_AUTH_MODE", ""),
+        "namespace": ctx.namespace,
+        "actor": ctx.get_actor_name(),
+        "pid": os.getpid(),
+        "path": str(Path(path).resolve()),
+    }
+    target = Path(path) / OWNER_FILE
+    tmp = target.with_name(f".{OWNER_FILE}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, target)
+    except OSError as exc:  # the pipeline runs without it; only verify cannot reach the store then
+        logging.getLogger(__name__).warning("cannot record the store's owner in %s: %s", target, exc)
+        return None
+    return record
+
+
+def withdraw_owner(record: dict[str, Any]) -> None:
+    """Remove the owner file if it is still this process's (a restarted writer rewrote it otherwise)."""
+    target = Path(record["path"]) / OWNER_FILE
+    try:
+        if json.loads(target.read_text()).get("pid") == record["pid"]:
+            target.unlink()
+    except (OSError, ValueError):
+        pass

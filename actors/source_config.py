@@ -10,7 +10,86 @@ import string
 
 from pydantic import Field, SecretStr, field_validator
 
-from actors.config import Section, check_identifier, identifier_error, mask_dsn
+from actors.config import Section, check_identifier, mask_dsn
+
+#: PostgreSQL keeps at most this many bytes of a name (NAMEDATALEN - 1)
+MAX_NAME_BYTES = 63
+#: characters that mean something in a str.format field name: a template
+#: placeholder naming a column can not contain them
+_FORMAT_SPECIALS = set(".[]!:{}")
+
+
+def split_qualified(name: str) -> tuple[str, str]:
+    """``(schema, table)`` of a table name as the config spells it.
+
+    ``table`` or ``schema.table``; each part is taken literally (upper case,
+    spaces and non-ASCII letters included: ``public.Café Orders``), or
+    double-quoted when it holds a dot or a quote (``"odd.schema"."x.y"``; a
+    quote inside is doubled, as in SQL).  ValueError says what is wrong.
+    """
+    parts: list[str] = []
+    i, n = 0, len(name)
+    while True:
+        if i < n and name[i] == '"':
+            j, part = i + 1, []
+            while True:
+                k = name.find('"', j)
+                if k < 0:
+                    raise ValueError("has an unterminated double quote")
+                part.append(name[j:k])
+                if name[k + 1 : k + 2] == '"':  # a doubled quote is one quote
+                    part.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            parts.append("".join(part))
+        else:
+            k = name.find(".", i)
+            part_text = name[i:] if k < 0 else name[i:k]
+            if '"' in part_text:
+                raise ValueError("must double-quote a name part that holds a double quote, doubling it inside")
+            if part_text != part_text.strip():
+                raise ValueError("has a name part with leading or trailing spaces; quote it to mean them")
+            parts.append(part_text)
+            i = n if k < 0 else k
+        if i == n:
+            break
+        if name[i] != ".":
+            raise ValueError("has characters after a quoted name part; separate schema and table with '.'")
+        i += 1
+    if len(parts) == 1:
+        parts = ["public", parts[0]]
+    if len(parts) != 2:
+        raise ValueError("must be 'schema.table' or 'table' (quote a part that holds a dot)")
+    for part in parts:
+        if not part:
+            raise ValueError("has an empty schema or table name")
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"has a name part longer than PostgreSQL's {MAX_NAME_BYTES} bytes: {part[:20]}...")
+        if any(ord(c) < 32 for c in part):
+            raise ValueError("has a control character (a newline?) in a name")
+    return parts[0], parts[1]
+
+
+def qualified_name(schema: str, table: str) -> str:
+    """The one spelling of a table used everywhere (config, point ids, payload ``table``):
+    ``schema.table``, a part double-quoted only when it holds a dot or a quote."""
+    def part(p: str) -> str:
+        return '"' + p.replace('"', '""') + '"' if ("." in p or '"' in p or p != p.strip()) else p
+
+    return f"{part(schema)}.{part(table)}"
+
+
+def placeholder_error(name: str) -> str | None:
+    """Why ``{name}`` cannot stand for a column in a template, or None when it can."""
+    if not name or name.isdigit():
+        return "must name a column (positional fields like {} or {0} are not columns)"
+    if _FORMAT_SPECIALS & set(name):
+        return "must be a plain column name (no '.', '[', ']', '!', ':' in it)"
+    if any(ord(c) < 32 for c in name):
+        return "must not hold a control character (a newline?)"
+    return None
 
 
 class SourceConfig(Section):
@@ -48,12 +127,7 @@ class TableConfig(Section):
     @field_validator("name")
     @classmethod
     def _qualified(cls, value: str) -> str:
-        parts = value.split(".")
-        if len(parts) == 1:
-            parts = ["public", parts[0]]
-        if len(parts) != 2 or any(identifier_error(p, "pg") for p in parts):
-            raise ValueError("must be 'schema.table' or 'table' made of letters, digits and '_'")
-        return ".".join(parts)
+        return qualified_name(*split_qualified(value))
 
     @field_validator("text")
     @classmethod
@@ -65,17 +139,20 @@ class TableConfig(Section):
         if not fields:
             raise ValueError("must reference at least one column, e.g. '{description}'")
         for name in fields:
-            if identifier_error(name, "pg"):
-                raise ValueError(f"placeholder {{{name}}} must be a plain column name")
+            error = placeholder_error(name)
+            if error:
+                raise ValueError(f"placeholder {{{name}}} {error}")
         return value
 
     @property
     def schema_name(self) -> str:
-        return self.name.split(".")[0]
+        """The schema's name as the catalog has it (unquoted)."""
+        return split_qualified(self.name)[0]
 
     @property
     def table_name(self) -> str:
-        return self.name.split(".")[1]
+        """The table's name as the catalog has it (unquoted)."""
+        return split_qualified(self.name)[1]
 
     @property
     def text_columns(self) -> list[str]:

@@ -8,14 +8,26 @@ or any actor starts, and reported as one line naming the problem and the fix
 from __future__ import annotations
 
 import logging
+import os
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from actors.pgoutput import convert_text_value
-from actors.source_config import SourceConfig, TableConfig
+from actors.pgvalues import (
+    TypeCatalog,
+    converter_for,
+    is_known,
+    is_numeric_type,
+    numeric_for_format,
+    render_value,
+    renderer_for,
+    resolve,
+)
+from actors.source_config import SourceConfig, TableConfig, qualified_name, split_qualified
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,48 @@ class _BlankNone(string.Formatter):
         return "" if value is None else super().format_field(value, format_spec)
 
 
-_FORMATTER = _BlankNone()
+class _Cell:
+    """A bare ``{column}`` of a template that is not plain: the value and how to print it."""
+
+    __slots__ = ("value", "render", "numeric")
+
+    def __init__(self, value: Any, render: Any, numeric: bool) -> None:
+        self.value, self.render, self.numeric = value, render, numeric
+
+
+class _PgFormatter(_BlankNone):
+    """Templates that are not plain (format specs, conversions, names that are not Python
+    identifiers): a column prints in PostgreSQL's text form, as in plain templates, unless a
+    format spec is given; the spec then applies to the number (a numeric as a Decimal, so
+    ``{price:.2f}`` works on the exact text), or else to the text form."""
+
+    def __init__(self, renderers: dict[str, Any], numeric: frozenset[str]) -> None:
+        self._renderers = renderers
+        self._numeric = numeric
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        obj, first = super().get_field(field_name, args, kwargs)
+        if field_name == first:
+            return _Cell(obj, self._renderers.get(first), first in self._numeric), first
+        return obj, first
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if type(value) is _Cell and conversion is not None:
+            value = value.value
+        return super().convert_field(value, conversion)
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if type(value) is _Cell:
+            cell = value
+            if cell.value is None or not format_spec:
+                return render_value(cell.value, cell.render)
+            if cell.numeric:
+                value = numeric_for_format(cell.value)
+            elif type(cell.value) in (int, float):
+                value = cell.value
+            else:  # bool, JSON, arrays, timestamps...: the spec applies to their text form
+                value = render_value(cell.value, cell.render)
+        return super().format_field(value, format_spec)
 
 
 def _plain_fields(template: str) -> tuple[str, ...] | None:
@@ -59,12 +112,52 @@ class TableSpec:
     key_columns: list[str]
     column_types: dict[str, int]  # column name -> type OID
     needed_columns: list[str] = field(default_factory=list)
+    #: the table's OID and its columns' numbers: a Relation message naming
+    #: another table or column for them means a rename (see schema_change)
+    oid: int = 0
+    column_numbers: dict[str, int] = field(default_factory=dict)
+    #: what the catalog adds to the built-in types for these columns (domains, arrays of
+    #: user types: see actors.pgvalues.TypeCatalog); None until learn_types() asked it
+    types: dict[int, tuple[int, int]] | None = None
     _plain: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _payload_cols: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # per column: text -> value, value -> template text (actors.pgvalues); rebuilt by set_types
+    _converters: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _renderers: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _numeric: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    # a plain template's columns whose str() is their text form, and the others with their renderer
+    _plain_as_is: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    _plain_render: tuple[tuple[str, Any], ...] = field(default=(), init=False, repr=False, compare=False)
+    _template_columns: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._plain = _plain_fields(self.config.text)
-        self._payload_cols = tuple(self.config.payload)
+        self._payload_cols = tuple(dict.fromkeys(self.config.payload))  # the payload's keys, in order
+        self._template_columns = tuple(self.config.text_columns)
+        self._build_values()
+
+    def _build_values(self) -> None:
+        types = self.types or None
+        self._converters = {c: converter_for(t, types) for c, t in self.column_types.items()}
+        self._renderers = {c: renderer_for(t, types) for c, t in self.column_types.items()}
+        self._numeric = frozenset(c for c, t in self.column_types.items() if is_numeric_type(t, types))
+        plain = self._plain or ()
+        self._plain_as_is = tuple(c for c in plain if self._renderers.get(c) is None)
+        self._plain_render = tuple((c, self._renderers[c]) for c in plain if self._renderers.get(c) is not None)
+
+    @property
+    def template_columns(self) -> tuple[str, ...]:
+        """The columns the text template uses."""
+        return self._template_columns
+
+    @property
+    def payload_columns(self) -> tuple[str, ...]:
+        return self._payload_cols
+
+    def set_types(self, types: TypeCatalog) -> None:
+        """Adopt the catalog's answer for this table's column types (see :func:`learn_types`)."""
+        self.types = dict(types)
+        self._build_values()
 
     @property
     def name(self) -> str:
@@ -73,13 +166,18 @@ class TableSpec:
     def render(self, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Text to embed and payload to store for one row (converted values)."""
         if self._plain is not None:
+            # PostgreSQL's text form of each value (jsonb as JSON, 'true'/'false', numerics
+            # as stored), not a Python repr: str() of text and integers is that form already
             values = {}
-            for col in self._plain:
+            for col in self._plain_as_is:
                 v = row[col]
                 values[col] = "" if v is None else v
+            for col, render in self._plain_render:
+                v = row[col]
+                values[col] = "" if v is None else render(v)
             text = self.config.text.format_map(values)
         else:
-            text = _FORMATTER.vformat(self.config.text, (), row)
+            text = _PgFormatter(self._renderers, self._numeric).vformat(self.config.text, (), row)
         get = row.get
         payload = {col: get(col) for col in self._payload_cols}
         return text, payload
@@ -88,11 +186,81 @@ class TableSpec:
         return tuple(map(row.get, self.key_columns))
 
     def convert(self, column: str, text: str | None) -> Any:
-        return convert_text_value(self.column_types.get(column, 25), text)
+        """One column's text form as its key/payload value (actors.pgvalues)."""
+        if text is None:
+            return None
+        convert = self._converters.get(column)
+        return text if convert is None else convert(text)
+
+    def key_texts(self, key: Sequence[Any]) -> list[str | None]:
+        """PostgreSQL text forms of a converted key, in key column order: as untyped
+        parameters the server reads them back as the columns' own types."""
+        return [None if v is None else render_value(v, self._renderers.get(c)) for c, v in zip(self.key_columns, key)]
+
+    def text_select_list(self) -> str:
+        """SELECT list reading every needed column in its text form, in ``needed_columns``
+        order (what :meth:`row_from_texts` takes): the backfill, the TOAST fetch and
+        ``verify`` read rows this way, so a row converts the same as when streamed."""
+        return ", ".join(f"{pg_ident(c)}::text AS v{i}" for i, c in enumerate(self.needed_columns))
+
+    @property
+    def quoted_table(self) -> str:
+        """``"schema"."table"`` for SQL (quotes inside names doubled)."""
+        return pg_ident(self.config.schema_name, self.config.table_name)
+
+    @property
+    def quoted_keys(self) -> str:
+        """The key columns, quoted, comma-separated, in key order."""
+        return ", ".join(pg_ident(c) for c in self.key_columns)
+
+    def rows_by_keys_sql(self, conn: psycopg.Connection) -> str:
+        """SELECT (:meth:`text_select_list`) of the rows of a list of keys: one ``text[]``
+        parameter per key column, each cast to the column's type so the primary key's
+        index finds the rows (the TOAST fetch and ``verify`` read rows this way)."""
+        arrays = []
+        for column in self.key_columns:
+            typ = conn.execute("SELECT format_type(%s::oid, NULL)", (self.column_types[column],)).fetchone()[0]
+            arrays.append(f"%s::text[]::{typ}[]")
+        if len(arrays) == 1:
+            where = f"{self.quoted_keys} = ANY({arrays[0]})"
+        else:
+            where = f"({self.quoted_keys}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
+        return f"SELECT {self.text_select_list()} FROM {self.quoted_table} WHERE {where}"
+
+    def row_from_texts(self, texts: Sequence[str | None]) -> dict[str, Any]:
+        """Converted row from the text values of :meth:`text_select_list`."""
+        return {col: self.convert(col, texts[i]) for i, col in enumerate(self.needed_columns)}
+
+
+#: fixed settings of every source session, the walsender's included (pgoutput prints values
+#: with them): the text forms of timestamps, intervals, floats and bytea are then the ones
+#: actors.pgvalues reads, identical in the backfill, the stream and every later read
+SESSION_SETTINGS = {
+    "DateStyle": "ISO",
+    "TimeZone": "UTC",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+
+
+def session_options(dsn: str, options: str | None = None) -> str:
+    """libpq ``options`` for a source connection: the DSN's own (or ``PGOPTIONS``), then
+    :data:`SESSION_SETTINGS`, which win over any earlier setting of the same name."""
+    if options is None:
+        try:
+            options = conninfo_to_dict(dsn).get("options")
+        except psycopg.ProgrammingError:
+            options = None  # psycopg.connect reports the bad DSN
+        if options is None:
+            options = os.environ.get("PGOPTIONS", "")
+    ours = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    return f"{options} {ours}".strip()
 
 
 def connect(dsn: str, masked: str, **kwargs: Any) -> psycopg.Connection:
-    """Open a connection, turning failures into one clear line."""
+    """Open a connection with :data:`SESSION_SETTINGS`, turning failures into one clear line."""
+    kwargs["options"] = session_options(dsn, kwargs.get("options"))
     try:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
@@ -104,6 +272,53 @@ def connect(dsn: str, masked: str, **kwargs: Any) -> psycopg.Connection:
         else:
             fix = "start PostgreSQL or fix host/port in source.dsn (or EMBEDCLUSTER_SOURCE_DSN)"
         raise SourceError(f"cannot connect to PostgreSQL at {masked}: {detail}; {fix}") from None
+
+
+# Each type resolved through its domains to a base type; an array's element type
+# (itself possibly a domain: resolved by the next round).
+_TYPE_CHAIN_SQL = """
+WITH RECURSIVE chain(oid, cur, depth) AS (
+    SELECT t.oid, t.oid, 0 FROM pg_type t WHERE t.oid = ANY(%s::oid[])
+  UNION ALL
+    SELECT c.oid, t.typbasetype, c.depth + 1 FROM chain c JOIN pg_type t ON t.oid = c.cur
+    WHERE t.typtype = 'd' AND c.depth < 32
+)
+SELECT c.oid, b.oid, CASE WHEN b.typcategory = 'A' AND b.typlen = -1 THEN b.typelem ELSE 0 END
+FROM chain c JOIN pg_type b ON b.oid = c.cur
+WHERE b.typtype <> 'd'
+"""
+
+
+def type_catalog(conn: psycopg.Connection, type_oids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """What the catalog says about types the built-in tables of actors.pgvalues do not
+    cover: type OID -> (base type, array element type or 0), for domains, arrays of user
+    types (enums, composites, extension types) and the element types of those arrays.
+    Built-in types and those that stay text are left out."""
+    out: dict[int, tuple[int, int]] = {}
+    seen: set[int] = set()
+    todo = sorted({int(o) for o in type_oids if not is_known(int(o))})
+    while todo:
+        seen.update(todo)
+        elements = set()
+        for oid, base, element in conn.execute(_TYPE_CHAIN_SQL, (todo,)).fetchall():
+            oid, base, element = int(oid), int(base), int(element)
+            if element:
+                elements.add(element)
+            if (base, element) != resolve(oid):
+                out[oid] = (base, element)
+        todo = sorted(e for e in elements if e not in seen and not is_known(e))
+    return out
+
+
+def learn_types(conn: psycopg.Connection, specs: Iterable[TableSpec]) -> None:
+    """Give every spec not yet told (``types`` is None) the catalog's answer for its column
+    types: one query for all of them (more only for arrays of domains)."""
+    todo = [spec for spec in specs if spec.types is None]
+    if not todo:
+        return
+    catalog = type_catalog(conn, {oid for spec in todo for oid in spec.column_types.values()})
+    for spec in todo:
+        spec.set_types(catalog)  # a few entries at most; the element types of its arrays included
 
 
 def inspect_source(source: SourceConfig, tables: list[TableConfig]) -> dict[str, TableSpec]:
@@ -131,7 +346,31 @@ def inspect_source(source: SourceConfig, tables: list[TableConfig]) -> dict[str,
         specs: dict[str, TableSpec] = {}
         for index, table in enumerate(tables):
             specs[table.name] = _inspect_table(conn, table, index)
+        _check_partition_overlap(conn, tables, specs)
+        learn_types(conn, specs.values())  # element types of arrays of user types, domains
         return specs
+
+
+def _check_partition_overlap(conn: psycopg.Connection, tables: list[TableConfig], specs: dict[str, TableSpec]) -> None:
+    """A partition and its partitioned table may not both be configured.
+
+    Changes of a partitioned table are published under the partitioned table
+    itself (publish_via_partition_root), so a configured partition of it would
+    never receive its rows' changes, and the backfill would read them twice.
+    """
+    by_oid = {spec.oid: (index, spec.name) for index, spec in enumerate(specs.values())}
+    for index, table in enumerate(tables):
+        ancestors = conn.execute(
+            "SELECT relid::oid FROM pg_partition_ancestors(%s::oid::regclass) WHERE relid <> %s::oid",
+            (specs[table.name].oid, specs[table.name].oid),
+        ).fetchall()
+        for (ancestor,) in ancestors:
+            if int(ancestor) in by_oid:
+                other_index, other = by_oid[int(ancestor)]
+                raise SourceError(
+                    f"tables[{index}].name {table.name} is a partition of {other} (tables[{other_index}].name), "
+                    "whose changes cover it; remove one of the two"
+                )
 
 
 def _inspect_table(conn: psycopg.Connection, table: TableConfig, index: int) -> TableSpec:
@@ -149,11 +388,13 @@ def _inspect_table(conn: psycopg.Connection, table: TableConfig, index: int) -> 
         raise SourceError(f"{table.name} (tables[{index}].name) is not a table; only tables can be replicated")
     oid = rel[0]
     cols = conn.execute(
-        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum",
+        "SELECT attname, atttypid, attnum, attgenerated FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (oid,),
     ).fetchall()
-    column_types = {name: int(typ) for name, typ in cols}
+    column_types = {name: int(typ) for name, typ, _, _ in cols}
+    column_numbers = {name: int(num) for name, _, num, _ in cols}
+    generated = {name for name, _, _, gen in cols if gen == "s"}
     key = conn.execute(
         "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
@@ -183,19 +424,81 @@ def _inspect_table(conn: psycopg.Connection, table: TableConfig, index: int) -> 
     for column in [*key_columns, *table.text_columns, *table.payload]:
         if column not in needed:
             needed.append(column)
-    return TableSpec(table, key_columns, column_types, needed)
+    for column in needed:
+        if column in generated:
+            # pgoutput (PostgreSQL 15) does not send stored generated columns:
+            # streamed rows would lack the value the backfill read.
+            raise SourceError(
+                f"column '{column}' of {table.name} (tables[{index}]) is a stored generated column, which logical "
+                "replication does not send on PostgreSQL 15; use the columns it is computed from in the "
+                "template/payload instead"
+            )
+    _check_replica_identity(conn, table, index, oid, key_columns)
+    return TableSpec(table, key_columns, column_types, needed, oid=int(oid), column_numbers=column_numbers)
+
+
+def _check_replica_identity(conn: psycopg.Connection, table: TableConfig, index: int, oid: int,
+                            key_columns: list[str]) -> None:
+    """Refuse a table whose updates and deletes would not identify their row.
+
+    Checked before the publication is created or altered: adding a table with
+    REPLICA IDENTITY NOTHING to a publication makes the application's own
+    UPDATE and DELETE on it fail.  A partitioned table's partitions each have
+    their own replica identity (their changes are published under the root),
+    so every partition is checked too.
+    """
+    rows = conn.execute(
+        "SELECT c.oid::regclass::text, c.relreplident, c.oid = %s::oid FROM pg_class c "
+        "WHERE c.oid = %s::oid OR c.oid IN (SELECT relid FROM pg_partition_tree(%s::oid::regclass) WHERE isleaf) "
+        "ORDER BY c.oid = %s::oid DESC, c.oid",
+        (oid, oid, oid, oid),
+    ).fetchall()
+    for relname, identity, is_root in rows:
+        what = table.name if is_root else f"partition {relname} of {table.name}"
+        if identity == "n":
+            raise SourceError(
+                f"{what} (tables[{index}].name) has REPLICA IDENTITY NOTHING: its updates and deletes cannot be "
+                f"replicated (and would fail once it is published); ALTER TABLE {relname} REPLICA IDENTITY DEFAULT"
+            )
+        if identity != "i":
+            continue  # DEFAULT (the primary key, checked above) or FULL
+        columns = [r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = %s::regclass AND i.indisreplident ORDER BY k.ord",
+            (relname,),
+        ).fetchall()]
+        if sorted(columns) != sorted(key_columns):
+            raise SourceError(
+                f"{what} (tables[{index}].name) uses REPLICA IDENTITY USING INDEX on ({', '.join(columns)}), "
+                f"which is not its primary key ({', '.join(key_columns)}): deletes would not name the row; "
+                f"ALTER TABLE {relname} REPLICA IDENTITY DEFAULT"
+            )
 
 
 def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[str]) -> None:
-    """Create the publication for exactly the configured tables (or re-point it)."""
+    """Create the publication for exactly the configured tables (or re-point it).
+
+    ``publish_via_partition_root``: changes of a partitioned table's partitions
+    are published under the partitioned table (the configured name), and a
+    partition attached later is covered at once, without a restart.  (Without
+    it pgoutput names each partition, and those changes would not match any
+    configured table.)  What it does not publish: a TRUNCATE or DETACH of a
+    single partition (README, "What is replicated").
+    """
     quoted = ", ".join(_quote_table(t) for t in tables)
-    row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    row = conn.execute(
+        "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
     if row is None:
-        conn.execute(f'CREATE PUBLICATION "{publication}" FOR TABLE {quoted}')
+        conn.execute(f'CREATE PUBLICATION "{publication}" FOR TABLE {quoted} WITH (publish_via_partition_root = true)')
         log.info("created publication %s for %s", publication, ", ".join(tables))
         return
+    if not row[1]:
+        conn.execute(f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true)')
+        log.info("publication %s now publishes partitions under their partitioned table", publication)
     current = {
-        f"{s}.{t}"
+        qualified_name(s, t)
         for s, t in conn.execute(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
         ).fetchall()
@@ -214,8 +517,16 @@ def drop_publication(conn: psycopg.Connection, publication: str) -> bool:
 
 
 def _quote_table(name: str) -> str:
-    schema, table = name.split(".")
-    return f'"{schema}"."{table}"'
+    return pg_ident(*split_qualified(name))
+
+
+def pg_ident(*parts: str) -> str:
+    """A PostgreSQL identifier, quoted (``"a"."b"``; a quote inside a name is doubled).
+
+    Every schema, table and column name read from the config or the catalog
+    goes into SQL through this (psycopg's ``sql.Identifier``), never pasted.
+    """
+    return sql.Identifier(*parts).as_string(None)
 
 
 def drop_slot(conn: psycopg.Connection, slot: str) -> bool:

@@ -55,6 +55,10 @@ class Writer:
         # seen in the snapshot yet: deleted when the snapshot completes
         self._stale: dict[str, set[str]] | None = None
         self._backfill_tables: list[str] = []
+        self._identity: dict[str, Any] = {}
+        # the slot's state document once its backfill is complete; its
+        # "position" is the WAL position the store reflects (see _record_position)
+        self._state: dict[str, Any] | None = None
 
     def open(self, dimension: int) -> None:
         """Prepare the sink; called at start and again after every pipeline recovery.
@@ -68,9 +72,17 @@ class Writer:
         self.last_seq = 0
 
     def backfill_state(self) -> dict[str, Any] | None:
-        return self.sink.get_state(state_name(self.slot))
+        """The slot's state document in the store (None before a backfill completed).
 
-    def begin_backfill(self, tables: list[str], publication: str) -> None:
+        ``backfill_complete``, ``tables``, ``identity`` (which server and slot the
+        store follows) and ``position`` (the WAL position it reflects).
+        """
+        self._state = self.sink.get_state(state_name(self.slot))
+        if self._state is not None and not self._state.get("backfill_complete"):
+            self._state = None
+        return self._state
+
+    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None) -> None:
         """Forget the old completion marker and note which stored points may be stale.
 
         Called before a fresh snapshot is read.  Points already in the sink
@@ -78,6 +90,8 @@ class Writer:
         were deleted at the source meanwhile: they are removed at the end.
         """
         self.sink.set_state(state_name(self.slot), None)
+        self._state = None
+        self._identity = dict(identity or {})
         self._backfill_tables = list(tables)
         self._publication = publication
         self._stale = {}
@@ -143,7 +157,9 @@ class Writer:
                 self.last_commit_lsn = max(self.last_commit_lsn, change.lsn)
         self._flush(pending)
         if batch.snapshot_complete:
-            self._complete_backfill()
+            self._complete_backfill(batch.ack_lsn)
+        else:
+            self._record_position(batch.ack_lsn)
         self.last_seq = batch.seq
         self.rows_applied += n_up + n_del
         self.upserts += n_up
@@ -170,7 +186,22 @@ class Writer:
             self.sink.update_payloads(payload_only)
             self.payload_only_updates += len(payload_only)
 
-    def _complete_backfill(self) -> None:
+    def _record_position(self, lsn: int | None) -> None:
+        """Record in the store that it reflects every change up to ``lsn``.
+
+        Written before the coordinator acknowledges ``lsn`` to the slot (it does
+        so only after this call returns), so the recorded position is never
+        behind the slot's confirmed one.  On resume, a store whose position is
+        behind the slot (restored from a backup, another store, a re-created
+        slot) is therefore one that missed changes, and is not trusted.
+        """
+        if self._state is None or not lsn or lsn <= int(self._state.get("position") or 0):
+            return
+        state = {**self._state, "position": lsn}
+        self.sink.set_state(state_name(self.slot), state)
+        self._state = state
+
+    def _complete_backfill(self, position: int | None) -> None:
         removed = 0
         for table, ids in (self._stale or {}).items():
             if ids:
@@ -180,15 +211,17 @@ class Writer:
         self._stale = None
         # Written after every snapshot row: a crash before this line means the
         # next start takes a fresh snapshot instead of trusting a partial one.
-        self.sink.set_state(
-            state_name(self.slot),
-            {
-                "backfill_complete": True,
-                "tables": sorted(self._backfill_tables),
-                "completed_at": time.time(),
-                "stale_removed": removed,
-            },
-        )
+        state = {
+            "backfill_complete": True,
+            "tables": sorted(self._backfill_tables),
+            "completed_at": time.time(),
+            "stale_removed": removed,
+            "identity": self._identity,
+            # the snapshot's position: every change up to it is in the store now
+            "position": position or 0,
+        }
+        self.sink.set_state(state_name(self.slot), state)
+        self._state = state
         log.info("slot %s: backfill complete", self.slot)
 
     def stats(self) -> dict[str, Any]:

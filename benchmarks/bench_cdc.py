@@ -5,6 +5,7 @@ Run::
     python -m benchmarks.bench_cdc                  # 200,000-row backlog x 3 trials + 10 s stream
     python -m benchmarks.bench_cdc --quick          # 50,000 rows x 2 trials + 5 s stream
     python -m benchmarks.bench_cdc --rows 500000 --profile --out benchmarks/results/cdc.json
+    python -m benchmarks.bench_cdc --toast          # (d) 200,000 rows with TOASTed text (--quick: 20,000)
 
 A private PostgreSQL 15 (``cluster.pgserver.LocalPostgres`` in a temporary
 directory, 127.0.0.1 only) with a ``books`` table (id serial pk, name,
@@ -23,6 +24,15 @@ call piggybacks the ack of the previous batch.
 (c) decode only: the raw CopyData messages of one backlog trial are recorded
     and re-decoded offline (parse_copy_message + PgChangeSource._decode), which
     separates the Python decoder's cost from the server's and the socket's.
+(d) ``--toast`` (its own run, ``cdc_toast.json``): ``docs(id, title, body, counter)``
+    with ``--rows`` rows whose ~4 KB body is stored out of line (STORAGE EXTERNAL),
+    template ``{body}``, payload ``[title]``; backfilled through the reader, then
+    ``UPDATE docs SET counter = counter + 1`` over every row (one transaction) is
+    timed from its commit until the reader has handed out a marker row inserted
+    after it: rows/s, texts that would be embedded (target 0) and TOAST fetch
+    queries.  Then ``UPDATE docs SET title = title || '.'`` (payload changes, text
+    does not: one fetch per batch) and the counter UPDATE again after a reader
+    restart (nothing remembered: every text fetched, once per batch).
 
 CPU time is split between this process (the reader), the walsender backend
 and everything else on the machine (other load), from /proc.
@@ -31,6 +41,7 @@ and everything else on the machine (other load), from /proc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import logging
@@ -42,7 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from benchmarks.common import (
     RESULTS_DIR,
@@ -400,6 +411,290 @@ class Bench:
         self.src.close()
 
 
+@contextlib.contextmanager
+def bench_server(prefix: str, *ddl: str) -> Iterator[tuple[Any, str, str, int | None]]:
+    """A private PostgreSQL 15 (127.0.0.1 only, temporary directory) whose database ``bench``
+    ran ``ddl``: (server, dsn, server version, postmaster pid or None)."""
+    import psycopg
+    from cluster.pgserver import LocalPostgres
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        pg = LocalPostgres(Path(tmp) / "data")
+        pg.start()
+        try:
+            dsn = pg.create_database("bench")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for statement in ddl:
+                    conn.execute(statement)
+                version = conn.execute("SHOW server_version").fetchone()[0]
+            pg_pid = None
+            try:
+                pg_pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+            yield pg, dsn, version, pg_pid
+        finally:
+            pg.stop()
+
+
+# -- TOAST case (--toast): wide rows, an UPDATE of a column outside template and payload ------------
+
+TOAST_TARGET_ROWS_PER_S = 20_000
+TOAST_SLOT = "bench_cdc_toast"
+DOCS_DDL = """
+CREATE TABLE docs (
+    id bigint PRIMARY KEY,
+    title text,
+    body text,
+    counter int NOT NULL DEFAULT 0
+)
+"""
+
+
+def copy_docs(dsn: str, rows: int, body_bytes: int, txn_rows: int = 20_000) -> float:
+    """COPY ``rows`` docs whose body is ~``body_bytes`` of word salad (stored out of line:
+    the column is STORAGE EXTERNAL, so not compressed inline either); returns seconds."""
+    import psycopg
+    from benchmarks.bench_embed import WORDS
+
+    rng = random.Random(11)
+    pool = []
+    for _ in range(512):
+        words: list[str] = []
+        size = 0
+        while size < body_bytes:
+            w = rng.choice(WORDS)
+            words.append(w)
+            size += len(w) + 1
+        pool.append(" ".join(words)[: body_bytes - 8])
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        for start in range(0, rows, txn_rows):
+            lines = [f"{i}\tdoc {i}\t{i:07d} {pool[i % len(pool)]}\n" for i in range(start, min(rows, start + txn_rows))]
+            with conn.cursor() as cur:
+                with cur.copy("COPY docs (id, title, body) FROM STDIN") as cp:
+                    cp.write("".join(lines).encode())
+            conn.commit()
+    return time.perf_counter() - t0
+
+
+class _CountingSide:
+    """The reader's side connection, counting the queries that read ``docs`` (the TOAST fetches)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.fetches = 0
+
+    def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(sql, str) and sql.startswith("SELECT") and '"docs"' in sql:
+            self.fetches += 1
+        return self._conn.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class ToastBench:
+    def __init__(self, dsn: str, pg_pid: int | None, args: argparse.Namespace) -> None:
+        from actors.cdc_reader import PgChangeSource
+        from actors.source_config import SourceConfig, TableConfig
+        from actors.source_schema import inspect_source
+
+        self.dsn, self.args, self.pg_pid = dsn, args, pg_pid
+        self.source_cfg = SourceConfig(dsn=dsn, slot=TOAST_SLOT, publication=TOAST_SLOT)
+        table = TableConfig(name="public.docs", text="{body}", payload=["title"])
+        self.src = PgChangeSource(self.source_cfg, inspect_source(self.source_cfg, [table]))
+        self.pending_ack: int | None = None
+        self.marker = 0
+
+    def _meter(self) -> Any:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            walsender = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (TOAST_SLOT,)
+            ).fetchone()[0]
+        groups = {"walsender": [walsender]}
+        if self.pg_pid:
+            groups["postgres_other"] = [self.pg_pid]
+        return CpuMeter(groups, flat={"walsender"})
+
+    def _count_fetches(self) -> _CountingSide:
+        side = _CountingSide(self.src._side)
+        self.src._side = side
+        return side
+
+    def backfill(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.src.start(True)
+        rows = 0
+        while True:
+            batch = self.src.read_batch(self.args.max_changes, 1.0)
+            rows += len(batch.changes)
+            if batch.snapshot_complete:
+                break
+        wall = time.perf_counter() - t0
+        self.meter = self._meter()
+        self.side = self._count_fetches()
+        return {"rows": rows, "seconds": round(wall, 3), "rows_per_s": round(rows / wall, 1)}
+
+    def restart(self) -> None:
+        """What the coordinator does after a failure: the reader's memory of emitted texts is gone."""
+        if self.pending_ack:
+            self.src.ack(self.pending_ack)  # everything read so far counts as written
+        self.src.close()
+        self.src.start(False)
+        self.pending_ack = None
+        self.meter = self._meter()
+        self.side = self._count_fetches()
+
+    def update(self, name: str, sql: str, rows: int) -> dict[str, Any]:
+        """Run ``sql`` (one transaction over every row), then a marker insert; time the reader
+        from the UPDATE's commit until it has handed out the marker."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            t_update = time.perf_counter()
+            updated = conn.execute(sql).rowcount
+            update_s = time.perf_counter() - t_update
+            self.marker -= 1
+            conn.execute("INSERT INTO docs (id, title, body) VALUES (%s, 'marker', 'marker')", (self.marker,))
+        assert updated == rows, f"{name}: updated {updated} rows, expected {rows}"
+        fetches_before = self.side.fetches
+        before = self.meter.snapshot()
+        t0 = time.perf_counter()
+        emitted = to_embed = batches = 0
+        deadline = time.monotonic() + 600
+        done = False
+        while not done:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: the marker did not arrive within 600 s")
+            batch = self.src.read_batch(self.args.max_changes, self.args.read_timeout, self.pending_ack)
+            if batch.ack_lsn:
+                self.pending_ack = batch.ack_lsn
+            changes = [c for c in batch.changes if c.key != (self.marker,)]
+            done = len(changes) < len(batch.changes)
+            if batch.changes:
+                batches += 1
+            emitted += len(changes)
+            to_embed += sum(1 for c in changes if c.op == "upsert" and not c.text_unchanged)
+        wall = time.perf_counter() - t0
+        cpu = self.meter.delta(before, self.meter.snapshot())
+        return {
+            "phase": name, "sql": sql, "rows_updated": updated, "update_seconds": round(update_s, 3),
+            "reader_seconds": round(wall, 3), "rows_per_s": round(updated / wall, 1),
+            "changes_emitted": emitted, "texts_to_embed": to_embed,
+            "toast_fetch_queries": self.side.fetches - fetches_before, "batches_with_changes": batches,
+            "cpu": cpu,
+            "reader_cpu_us_per_row": round(cpu.get("own_cpu_s", 0.0) / max(1, updated) * 1e6, 2),
+            "walsender_cpu_us_per_row": round(cpu.get("walsender_cpu_s", 0.0) / max(1, updated) * 1e6, 2),
+        }
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def toast_main(args: argparse.Namespace) -> int:
+    """The TOAST case: see the module docstring, (d)."""
+    rows = args.rows or (20_000 if args.quick else 200_000)
+    trials = args.trials or (1 if args.quick else 3)
+    out = Path(args.out) if args.out else RESULTS_DIR / ("cdc_toast_quick.json" if args.quick else "cdc_toast.json")
+    logging.basicConfig(level=logging.WARNING)
+    machine = machine_info()
+    t_start = time.perf_counter()
+    ddl = [DOCS_DDL, "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+           "ALTER TABLE docs SET (autovacuum_enabled = false)"]
+    with bench_server("bench-cdc-toast-", *ddl) as server:
+        _, dsn, server_version, pg_pid = server
+        bench = None
+        try:
+            import psycopg
+
+            print(f"loading {rows:,} docs with ~{args.body_bytes:,}-byte bodies (STORAGE EXTERNAL)")
+            copy_s = copy_docs(dsn, rows, args.body_bytes)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE docs")
+                toast = conn.execute(
+                    "SELECT pg_size_pretty(pg_relation_size(reltoastrelid)), "
+                    "(SELECT count(*) FROM docs WHERE pg_column_size(body) < length(body) / 2) "
+                    "FROM pg_class WHERE relname = 'docs'"
+                ).fetchone()
+            bench = ToastBench(dsn, pg_pid, args)
+            print("(a) backfill through the reader")
+            backfill = bench.backfill()
+            print(f"    {backfill['rows_per_s']:,.0f} rows/s")
+            warm = []
+            for k in range(trials):
+                print(f"(b) UPDATE docs SET counter = counter + 1, trial {k + 1}/{trials}")
+                warm.append(bench.update("counter, warm", "UPDATE docs SET counter = counter + 1 WHERE id >= 0", rows))
+                print(f"    {warm[-1]['rows_per_s']:,.0f} rows/s, {warm[-1]['texts_to_embed']} texts to embed, "
+                      f"{warm[-1]['changes_emitted']} changes, {warm[-1]['toast_fetch_queries']} fetch queries")
+            print("(c) UPDATE docs SET title = title || '.' (payload changes, text does not)")
+            title = bench.update("title, warm", "UPDATE docs SET title = title || '.' WHERE id >= 0", rows)
+            print(f"    {title['rows_per_s']:,.0f} rows/s, {title['texts_to_embed']} texts to embed, "
+                  f"{title['toast_fetch_queries']} fetch queries")
+            print("(d) after a reader restart: UPDATE docs SET counter = counter + 1")
+            bench.restart()
+            cold = bench.update("counter, after restart", "UPDATE docs SET counter = counter + 1 WHERE id >= 0", rows)
+            print(f"    {cold['rows_per_s']:,.0f} rows/s, {cold['texts_to_embed']} texts to embed, "
+                  f"{cold['toast_fetch_queries']} fetch queries")
+        finally:
+            if bench is not None:
+                bench.close()
+
+    rates = [w["rows_per_s"] for w in warm]
+    median = statistics.median(rates)
+    met = median >= TOAST_TARGET_ROWS_PER_S and all(w["texts_to_embed"] == 0 for w in warm)
+    table = print_table(
+        f"TOAST: {rows:,} rows, ~{args.body_bytes:,}-byte bodies out of line; target >= "
+        f"{TOAST_TARGET_ROWS_PER_S:,} rows/s and 0 re-embedded for the counter UPDATE",
+        ["phase", "rows/s", "texts to embed", "changes emitted", "fetch queries", "reader CPU us/row",
+         "walsender CPU us/row", "others' load (cores)"],
+        [[r["phase"], r["rows_per_s"], r["texts_to_embed"], r["changes_emitted"], r["toast_fetch_queries"],
+          r["reader_cpu_us_per_row"], r["walsender_cpu_us_per_row"], r["cpu"].get("other_cores")]
+         for r in [*warm, title, cold]],
+    )
+    elapsed = round(time.perf_counter() - t_start, 1)
+    data = {
+        **result_header("cdc_toast", "benchmarks.bench_cdc", machine),
+        "quick": args.quick,
+        "elapsed_s": elapsed,
+        "postgres": {"version": server_version},
+        "implementation": implementation_fingerprint(),
+        "settings": {
+            "rows": rows, "body_bytes": args.body_bytes, "trials": trials, "max_changes": args.max_changes,
+            "read_timeout_s": args.read_timeout,
+            "table": "docs(id bigint pk, title text, body text STORAGE EXTERNAL, counter int)",
+            "text_template": "{body}", "payload": ["title"],
+            "timing": "from the UPDATE's commit until the reader handed out a marker row inserted after it "
+                      "(markers have negative ids: 'WHERE id >= 0' is every loaded row)",
+        },
+        "load": {"copy_seconds": round(copy_s, 3), "toast_relation_size": toast[0],
+                 "rows_compressed_inline": toast[1]},
+        "target_rows_per_s": TOAST_TARGET_ROWS_PER_S,
+        "backfill": backfill,
+        "counter_update_warm": {"trials": warm, "median_rows_per_s": median, "min_rows_per_s": min(rates),
+                                "max_rows_per_s": max(rates),
+                                "texts_to_embed": [w["texts_to_embed"] for w in warm], "target_met": met},
+        "title_update_warm": title,
+        "counter_update_after_restart": cold,
+        "table": table,
+    }
+    write_json(out, data)
+    plot_bars(
+        out.with_suffix(".png"),
+        f"PgChangeSource, {rows:,} rows with TOASTed bodies ({machine['cores']} cores); "
+        f"target {TOAST_TARGET_ROWS_PER_S:,} rows/s",
+        ["counter UPDATE (warm)", "title UPDATE (warm)", "counter UPDATE after restart"],
+        {"rows/s": [median, title["rows_per_s"], cold["rows_per_s"]],
+         "target": [TOAST_TARGET_ROWS_PER_S, None, None]},
+        "rows/s",
+        {"rows/s": [(min(rates), max(rates)), None, None]},
+    )
+    print(f"done in {elapsed:.0f}s; target {'met' if met else 'NOT met'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_cdc", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=0, help="backlog rows per trial (default 200000, quick 50000)")
@@ -414,7 +709,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="never profile")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None, help="JSON result path (PNG written next to it)")
+    ap.add_argument("--toast", action="store_true",
+                    help="the TOAST case instead: --rows docs (default 200000, quick 20000) with out-of-line bodies, "
+                         "UPDATE of a column outside template and payload; writes cdc_toast.json")
+    ap.add_argument("--body-bytes", type=int, default=4096, help="TOAST case: body size (default 4096)")
     args = ap.parse_args(argv)
+    if args.toast:
+        return toast_main(args)
     args.rows = args.rows or (50_000 if args.quick else 200_000)
     args.trials = args.trials or (2 if args.quick else 3)
     args.seconds = args.seconds or (5.0 if args.quick else 10.0)
@@ -423,31 +724,19 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     t_start = time.perf_counter()
 
-    from cluster.pgserver import LocalPostgres
-
-    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
-        pg = LocalPostgres(Path(tmp) / "data")
-        pg.start()
+    # keep autovacuum/analyze of the fresh rows out of the timed reads
+    with bench_server("bench-cdc-", BOOKS_DDL, "ALTER TABLE books SET (autovacuum_enabled = false)") as server:
+        pg, dsn, server_version, pg_pid = server
         bench = None
         try:
             import psycopg
 
-            dsn = pg.create_database("bench")
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(BOOKS_DDL)
-                # keep autovacuum/analyze of the fresh rows out of the timed reads
-                conn.execute("ALTER TABLE books SET (autovacuum_enabled = false)")
-                server_version = conn.execute("SHOW server_version").fetchone()[0]
                 settings = {
                     k: conn.execute(f"SHOW {k}").fetchone()[0]
                     for k in ("wal_level", "logical_decoding_work_mem", "shared_buffers", "fsync",
                               "synchronous_commit")
                 }
-            pg_pid = None
-            try:
-                pg_pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
             bench = Bench(dsn, pg_pid, args)
             print(f"PostgreSQL {server_version} on 127.0.0.1:{pg.port}; slot {SLOT} live; walsender pid "
                   f"{bench.walsender_pid}")
@@ -475,7 +764,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if bench is not None:
                 bench.close()
-            pg.stop()
 
     # -- report ----------------------------------------------------------------
     s = backlog.summary()

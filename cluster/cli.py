@@ -7,6 +7,7 @@ The run lifecycle (checks, Ray, actors, search app, clean stop) is
 ``run``     the pipeline and search app against a configured database, until SIGINT/SIGTERM.
 ``status``  slot, confirmed LSN, lag in bytes, rows applied.
 ``drop``    drop the slot and the publication.
+``verify``  compare the store with the tables (missing, stale, orphans); ``--repair`` fixes them.
 """
 
 from __future__ import annotations
@@ -156,11 +157,14 @@ def status(config_path: str) -> None:
         fail(str(exc))
     rows: Any = "unknown (pipeline not running)"
     state = "not running"
+    last_error = None
     try:
         url = f"http://{config.serve.host}:{config.serve.port}/stats"
         with urllib.request.urlopen(url, timeout=3) as resp:
             stats = json.load(resp)
         rows, state = stats.get("rows_applied"), stats.get("state")
+        if state in ("halted", "recovering"):
+            last_error = stats.get("last_error")
     except Exception:  # noqa: BLE001 - the pipeline is simply not up
         pass
     click.echo(f"slot:          {info.slot}{'' if info.exists else ' (does not exist)'}")
@@ -169,6 +173,8 @@ def status(config_path: str) -> None:
     click.echo(f"server LSN:    {format_lsn(info.current_lsn)}")
     click.echo(f"lag bytes:     {info.lag_bytes if info.lag_bytes is not None else '-'}")
     click.echo(f"pipeline:      {state}")
+    if last_error:
+        click.echo(f"error:         {last_error}")
     click.echo(f"rows applied:  {rows}")
 
 
@@ -190,6 +196,27 @@ def drop(config_path: str, yes: bool) -> None:
             click.echo(f"dropped publication {pub}" if drop_publication(conn, pub) else f"publication {pub} does not exist")
     except SourceError as exc:
         fail(str(exc))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--table", default=None, help="only this configured table")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (for scripts)")
+@click.option("--repair", is_flag=True, help="write missing and stale points, delete orphans (the slot is not moved)")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds to wait for a running pipeline to confirm a snapshot's position")
+@click.option("--chunk", default=0, type=click.IntRange(min=0), help="rows per primary-key chunk (0: source.backfill_chunk)")
+def verify(config_path: str, table: str | None, as_json: bool, repair: bool, timeout: float, chunk: int) -> None:
+    """Compare the store with the tables; exit 0 when equal, 1 on differences, 2 when it cannot run."""
+    from cluster import verify as verifying
+
+    config = _load(config_path)
+    try:
+        report = verifying.verify(config, table=table, repair=repair, timeout=timeout, chunk=chunk or None)
+    except verifying.VerifyError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(report.as_dict(), default=str) if as_json else "\n".join(verifying.format_report(report)))
+    sys.exit(0 if report.clean else 1)
 
 
 _BENCH_MODULES = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -67,6 +67,10 @@ class PipelineConfig(Section):
 
     #: batches read but not yet written; bounds memory under any backlog
     max_inflight_batches: int = Field(default=0, ge=0, le=1024)  # 0 = 2 x actors + 2
+    #: a store whose recorded position is behind the slot's (restored from a
+    #: backup, another store, a re-created slot) is never resumed: "backfill"
+    #: indexes the tables again from a fresh snapshot, "refuse" stops with one line
+    on_store_behind: Literal["backfill", "refuse"] = "backfill"
 
 
 class Config(Section):

@@ -21,8 +21,12 @@ The rules (the heart of "no lost change"):
 * After batch ``n`` is written, ``ack_lsn`` of batch ``n`` is acknowledged.
   Since batches ``1..n-1`` were written before, every change up to that LSN is
   durable: "flush sinks, then commit offsets".  An acknowledged position is
-  only ever the ``ack_lsn`` of a written batch, or an idle position read while
-  nothing was unwritten.
+  only ever the ``ack_lsn`` of a written batch.
+* An idle position (the server's position between transactions, with no
+  change for us) is a batch too: it goes to the writer, which records it in
+  the store, and is acknowledged after that.  So the position the store
+  records is never behind the slot's, and a store that is (restored from a
+  backup, say) can be told apart on resume.
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ class FlowControl:
         self.applying: Entry | None = None
         # acknowledged, not yet sent to the reader: rides on the next read
         self.pending_ack = 0
+        # highest ack_lsn among the batches read and not yet acknowledged: an
+        # idle position at or below it is already on its way
+        self.promised_lsn = 0
         self.stopping = False
 
     @property
@@ -135,18 +142,26 @@ class FlowControl:
         """The read in flight returned ``batch`` (described by ``meta``)."""
         assert self.reading, "no read in flight"
         self.reading = False
+        lsn = meta["ack_lsn"]
         if meta["changes"] or meta["snapshot_complete"]:
             entry = Entry(meta, batch)
             self.queue.append(entry)
+            self.promised_lsn = max(self.promised_lsn, lsn or 0)
             return [Embed(entry)] if meta["to_embed"] else []
-        lsn = meta["ack_lsn"]
-        if lsn and lsn > self.acked_lsn:
-            if not self.queue and self.applying is None:
-                return [self._ack(lsn, confirm=False)]  # idle: nothing unwritten before it
-            # Earlier batches are not written yet: the idle position may only be
-            # acknowledged after them, so it queues behind them like a batch.
+        if lsn and lsn > max(self.acked_lsn, self.promised_lsn):
+            # An idle position is written like a batch (the writer records it),
+            # behind the batches read before it, and acknowledged after that.
             self.queue.append(Entry(meta, batch))
+            self.promised_lsn = lsn
         return []
+
+    def on_read_failed(self) -> None:
+        """The read in flight failed for good (a schema change): read no more, but
+        write and acknowledge what was read before it (the driver loops until
+        :attr:`drained`)."""
+        assert self.reading, "no read in flight"
+        self.reading = False
+        self.stopping = True
 
     def on_applied(self, entry: Entry, result: Any) -> list[Action]:
         """The apply in flight finished; ``result.ack_lsn`` is the written batch's ack position.

@@ -32,6 +32,46 @@ READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
 MAX_RETRY_DELAY_S = 30.0
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error a Ray call wraps) says retrying cannot help (``permanent = True``)."""
+    while True:
+        if getattr(exc, "permanent", False):
+            return True
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            return False
+        exc = cause
+
+
+class StoreBehind(RuntimeError):
+    """The store missed changes the slot has confirmed; refused by ``pipeline.on_store_behind``."""
+
+    permanent = True
+
+
+def store_behind(state: dict[str, Any], slot: dict[str, Any]) -> str | None:
+    """Why the store must not resume from the slot (one line), or None when it may.
+
+    The writer records the WAL position the store reflects before any position
+    is confirmed to the slot, so a store whose position is behind the slot's
+    confirmed one missed changes: restored from a backup, another store given
+    the same collection/table, or a slot dropped and created again.  A store
+    that followed another server or database is not this slot's either.  A
+    store from before positions were recorded has neither; it is trusted, and
+    records them from now on.
+    """
+    theirs, ours = state.get("identity") or {}, slot["identity"]
+    for key, what in (("system_id", "PostgreSQL server (system identifier)"), ("database", "database")):
+        if theirs.get(key) and theirs[key] != ours[key]:
+            return f"the store followed another {what}: {theirs[key]}, not {ours[key]}"
+    position, confirmed = state.get("position"), slot["confirmed_lsn"]
+    if position is not None and confirmed is not None and int(position) < confirmed:
+        return (f"the store reflects changes up to {format_lsn(int(position))} but slot {ours['slot']} has confirmed "
+                f"{format_lsn(confirmed)}: it missed the changes between (a store restored from a backup, another "
+                "store, or a slot created again)")
+    return None
+
+
 class PipelineCoordinator:
     """Drives one pipeline.  Plain class; ``PipelineActor`` runs it in the cluster."""
 
@@ -67,12 +107,17 @@ class PipelineCoordinator:
         # sink is not open yet, and its batch sequence starts over with the reader's.
         ray.get(self.writer.open.remote(self.dimension))
         state = ray.get(self.writer.backfill_state.remote())
-        resume = (
-            ray.get(self.reader.slot_exists.remote())
-            and state is not None
-            and state.get("backfill_complete")
-            and sorted(state.get("tables", [])) == tables
-        )
+        slot = ray.get(self.reader.slot_status.remote())
+        resume = slot["exists"] and state is not None and sorted(state.get("tables", [])) == tables
+        behind = store_behind(state, slot) if resume else None
+        if behind:
+            if self.config.pipeline.on_store_behind == "refuse":
+                raise StoreBehind(
+                    f"{behind}; not resuming (pipeline.on_store_behind = 'refuse'): point sink at the store that "
+                    "followed this slot, or set pipeline.on_store_behind = 'backfill' to index it again"
+                )
+            log.warning("slot %s: %s; backfilling again (pipeline.on_store_behind = 'backfill')", self.slot, behind)
+            resume = False
         if resume:
             ray.get(self.reader.start.remote(False))
             self.state = "streaming"
@@ -80,7 +125,7 @@ class PipelineCoordinator:
             return
         # Writer first: it must forget the old completion marker before any
         # snapshot row is written, so a crash mid-backfill re-snapshots.
-        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication))
+        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"]))
         info = ray.get(self.reader.start.remote(True))
         self.state = "backfilling"
         log.info("slot %s: backfill from snapshot at %s", self.slot, info.get("consistent_lsn"))
@@ -97,6 +142,17 @@ class PipelineCoordinator:
                 break  # clean stop
             except Exception as exc:  # noqa: BLE001 - recover by replaying from the slot
                 self.errors += 1
+                if is_permanent(exc):
+                    # Replaying cannot help (a schema change, say): stop on purpose,
+                    # keep answering stats and searches, say why and how to fix it.
+                    self.last_error = error_line(exc)
+                    self.state = "halted"
+                    log.error("slot %s: pipeline stopped: %s", self.slot, self.last_error)
+                    try:
+                        ray.get(self.reader.close.remote(), timeout=10)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    return
                 self.last_error = error_line(exc, with_type=True)
                 self.state = "recovering"
                 log.error(
@@ -115,6 +171,7 @@ class PipelineCoordinator:
     def _pump(self) -> None:
         cfg = self.config
         flow = FlowControl(self.window, self.acked_lsn)
+        halt: Exception | None = None  # a permanent error of the reader, raised once drained
         read: tuple[ray.ObjectRef, ray.ObjectRef] | None = None  # (meta, batch) of the read in flight
         applying: tuple[Entry, ray.ObjectRef] | None = None
 
@@ -147,7 +204,17 @@ class PipelineCoordinator:
             if read is not None and read[0] in ready:
                 meta_ref, batch_ref = read
                 read = None
-                execute(flow.on_read(ray.get(meta_ref), batch_ref))
+                try:
+                    meta = ray.get(meta_ref)
+                except Exception as exc:  # noqa: BLE001
+                    if not is_permanent(exc):
+                        raise
+                    # Write and confirm everything read before it, then stop:
+                    # the slot then sits right before the change that stopped us.
+                    halt = halt or exc
+                    flow.on_read_failed()
+                    continue
+                execute(flow.on_read(meta, batch_ref))
             if applying is not None and applying[1] in ready:
                 entry, ref = applying
                 result = ray.get(ref)  # raises if the write failed: nothing is acked then
@@ -156,6 +223,8 @@ class PipelineCoordinator:
                 execute(flow.on_applied(entry, result))
         if self.acked_lsn:
             ray.get(self.reader.ack.remote(self.acked_lsn))
+        if halt is not None:
+            raise halt
         ray.get(self.reader.close.remote())
         log.info("slot %s: stopped after confirming %s", self.slot, format_lsn(self.acked_lsn or None))
 

@@ -88,8 +88,7 @@ def preflight(config: Config) -> dict[str, TableSpec]:
         specs = inspect_source(config.source, config.tables)
     except SourceError as exc:
         raise StartupError(str(exc)) from None
-    if config.sink.kind == "qdrant" and not config.sink.url and config.sink.path != ":memory:":
-        config.sink.path = str(Path(config.sink.path).resolve())
+    absolute_store_path(config)
     try:
         dimension = model_dimension(config.embedding.model)
         sink = open_sink(config.sink)  # connects: bad URL, credentials or a locked store fail here
@@ -100,6 +99,13 @@ def preflight(config: Config) -> dict[str, TableSpec]:
     except (EmbedderError, SinkError) as exc:
         raise StartupError(str(exc)) from None
     return specs
+
+
+def absolute_store_path(config: Config) -> None:
+    """Make a relative embedded-store path (``sink.path``) absolute, in place: actors may run
+    with another working directory, and ``verify`` finds the store's owner by its path."""
+    if config.sink.kind == "qdrant" and not config.sink.url and config.sink.path != ":memory:":
+        config.sink.path = str(Path(config.sink.path).resolve())
 
 
 def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None = None,

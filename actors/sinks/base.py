@@ -17,6 +17,8 @@ interchangeable.  Contract for implementers:
 * ``search`` returns cosine similarity as ``score``, highest first.
 * State documents (``get_state``/``set_state``) live beside the points but are
   never counted, iterated or returned by ``search``.
+* ``points_page`` pages through the points in id order with an opaque cursor
+  (``iter_points`` is built on it); ``get_points`` reads points by id.
 * Vectors read back (``iter_points(with_vectors=True)``) are the stored
   float32 values; a cosine store may keep them normalised to unit length, so
   only the direction of a non-unit vector is guaranteed (the embedder writes
@@ -118,8 +120,30 @@ class VectorSink(abc.ABC):
         """Number of stored row points (state records excluded)."""
 
     @abc.abstractmethod
+    def points_page(self, table: str | None, cursor: str | None, limit: int | None = None,
+                    with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
+        """One page of stored points (of one table if given), in id order.
+
+        ``cursor`` is None for the first page, else what the previous page
+        returned; the answer is (at most ``limit`` points — None: the sink's own
+        page size —, the cursor of the next page or None after the last).  The
+        cursor is an opaque string, so a caller in another process can page on;
+        points written or deleted meanwhile may or may not be seen, every point
+        stored throughout is seen exactly once.
+        """
+
     def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
-        """Every stored point (of one table if given), in no particular order."""
+        """Every stored point (of one table if given), page by page (memory stays bounded)."""
+        cursor: str | None = None
+        while True:
+            page, cursor = self.points_page(table, cursor, None, with_vectors)
+            yield from page
+            if cursor is None:
+                return
+
+    @abc.abstractmethod
+    def get_points(self, point_ids: Sequence[str]) -> dict[str, StoredPoint]:
+        """The stored points among ``point_ids`` by id, without vectors; absent ids are left out."""
 
     @abc.abstractmethod
     def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:

@@ -6,13 +6,15 @@ index lifecycle, paging) stays in the sinks' own tests.
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
 
 from actors.changes import point_id, text_hash
-from actors.sinks.base import MissingPointError, SinkError, VectorPoint, VectorSink
+from actors.sinks.base import MissingPointError, SinkError, VectorPoint, VectorSink, open_sink
 from tests.contract.conftest import Store
 from tests.contract.points import DIM, DOCS, NOTES, assert_same, point, points, snapshot, unit, written
 
@@ -88,6 +90,46 @@ def test_upsert_then_read_back_every_field(sink: VectorSink) -> None:
     assert all(s.vector is None for s in sink.iter_points())  # vectors only when asked for
 
 
+def test_postgres_values_come_back_exactly(sink: VectorSink) -> None:
+    """What the reader makes of PostgreSQL values (actors.pgvalues): exact numerics as text, integral
+    numerics as ints beyond 64 bits, arrays as (nested) lists with NULLs, ISO timestamps, base64."""
+    payload = {
+        "amount": "12345678901234567890.1234567891",  # numeric: exact text, never a float
+        "scaled": "7.00",
+        "nan": "NaN",
+        "big": 12345678901234567890123,  # an integral numeric past int64
+        "int8": -9223372036854775808,
+        "tags": ["a,b", 'c "d"', "", "NULL", None],
+        "matrix": [[1, 2], [3, None]],
+        "flags": [True, False, None],
+        "numerics": [1, "2.50"],
+        "empty": [],
+        "docs": [{"k": [1, {"z": None}]}, None, "s"],
+        "at": "2024-01-01T21:34:05.123456+00:00",
+        "day": "2024-01-31",
+        "never": "infinity",
+        "raw": "AP8Q",
+        "id": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "f": 1e15,
+        "none": None,
+    }
+    key = ["12345678901234567890.1234567891", 12345678901234567890123]
+    p = point(DOCS, key, payload=payload)
+    sink.upsert([p])
+    (got,) = list(sink.iter_points())
+    assert got.key == key and got.payload == payload
+    # types too, all the way down (True == 1 == 1.0 in Python; JSON text tells them apart)
+    assert exact(got.payload) == exact(payload) and exact(got.key) == exact(key)
+    updated = VectorPoint(p.id, DOCS, key, None, p.text, p.text_hash, {**payload, "tags": [None, "x"]})
+    sink.update_payloads([updated])
+    (got,) = list(sink.iter_points())
+    assert exact(got.payload) == exact(updated.payload)
+
+
+def exact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
 def test_payload_update_changes_text_and_payload_and_keeps_the_vector(sink: VectorSink) -> None:
     batch = points(DOCS, range(3))
     sink.upsert(batch)
@@ -144,6 +186,67 @@ def test_text_hashes_of_present_ids_only(sink: VectorSink) -> None:
     assert sink.text_hashes(asked) == {batch[0].id: batch[0].text_hash, batch[3].id: batch[3].text_hash}
     assert sink.text_hashes([_absent_id()]) == {}
     assert sink.text_hashes([]) == {}
+
+
+def test_get_points_by_id_without_vectors(sink: VectorSink) -> None:
+    batch = points(DOCS, range(4)) + [point(NOTES, ["n", 1], text="note", payload={"yes": True, "n": None})]
+    sink.upsert(batch)
+    sink.set_state("contract/doc", {"not": "a point"})
+    asked = [batch[0].id, _absent_id(), batch[4].id, batch[0].id]
+    got = sink.get_points(asked)
+    assert sorted(got) == sorted([batch[0].id, batch[4].id])
+    for p in (batch[0], batch[4]):
+        s = got[p.id]
+        assert (s.id, s.table, s.key, s.text, s.text_hash, s.payload) == (p.id, p.table, p.key, p.text, p.text_hash, p.payload)
+        assert s.vector is None
+    assert type(got[batch[4].id].payload["yes"]) is bool
+    assert sink.get_points([_absent_id()]) == {} and sink.get_points([]) == {}
+
+
+@pytest.mark.parametrize("limit", [1, 3, 100])
+def test_points_page_walks_every_point_once_in_id_order(sink: VectorSink, limit: int) -> None:
+    docs, notes = points(DOCS, range(7)), points(NOTES, range(2))
+    sink.upsert(docs + notes)
+    for table, want in ((DOCS, docs), (NOTES, notes), (None, docs + notes)):
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = sink.points_page(table, cursor, limit)
+            assert len(page) <= limit and all(p.vector is None for p in page)
+            assert cursor is None or isinstance(cursor, str)  # opaque, and it crosses processes
+            seen += [p.id for p in page]
+            if cursor is None:
+                break
+        assert seen == sorted(p.id for p in want), table
+    page, cursor = sink.points_page("public.nothing", None, limit)
+    assert (page, cursor) == ([], None)
+    (first,), _ = sink.points_page(DOCS, None, 1, with_vectors=True)
+    assert first.vector is not None and first.vector.shape == (DIM,)
+
+
+def test_reads_before_ensure_ready_find_nothing_in_a_new_store(store: Store) -> None:
+    """A reader that creates nothing (``embedcluster verify``) may read before ``ensure_ready``."""
+    fresh = open_sink(store.config)
+    try:
+        assert fresh.get_points([_absent_id()]) == {}
+        assert fresh.points_page(DOCS, None, 10) == ([], None) and list(fresh.iter_points()) == []
+        assert fresh.get_state("slot/contract") is None
+    finally:
+        fresh.close()
+
+
+def test_points_page_goes_on_past_deletes_behind_and_ahead(sink: VectorSink) -> None:
+    batch = points(DOCS, range(9))
+    sink.upsert(batch)
+    ids = sorted(p.id for p in batch)
+    page, cursor = sink.points_page(DOCS, None, 3)
+    assert [p.id for p in page] == ids[:3]
+    sink.delete([ids[0], ids[3]])  # one already seen, the first of the next page
+    seen = []
+    while cursor is not None:
+        page, cursor = sink.points_page(DOCS, cursor, 3)
+        seen += [p.id for p in page]
+    assert seen == ids[4:]
 
 
 # -- state documents ---------------------------------------------------------------------------------

@@ -44,3 +44,38 @@ def assert_index_equals_table(dsn: str, sink_settings: dict[str, Any]) -> None:
         assert point.text == (row["description"] or ""), f"text of row {key}"
         assert point.payload == row, f"payload of row {key}"
         assert point.vector is not None and abs(float((point.vector ** 2).sum()) - 1.0) < 1e-3
+
+
+def expected_points(config: Any) -> dict[str, tuple[str, list[Any], str, dict[str, Any]]]:
+    """What the index must hold for ``config``'s tables, read from the source the way the
+    pipeline reads it: point id -> (table, key, text, payload)."""
+    from actors.source_schema import connect, inspect_source
+
+    specs = inspect_source(config.source, config.tables)
+    out: dict[str, tuple[str, list[Any], str, dict[str, Any]]] = {}
+    with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
+        for spec in specs.values():
+            for texts in conn.execute(f"SELECT {spec.text_select_list()} FROM {spec.quoted_table}").fetchall():
+                row = spec.row_from_texts(texts)
+                text, payload = spec.render(row)
+                key = list(spec.key_of(row))
+                out[point_id(spec.name, key)] = (spec.name, key, text, payload)
+    return out
+
+
+def assert_index_matches_source(config: Any) -> None:
+    """Every configured table's rows are points with their text and payload, nothing else is."""
+    expected = expected_points(config)
+    sink = wait_for(lambda: open_sink(config.sink), 60, "the sink to be released by the stopped pipeline", interval=0.5)
+    try:
+        stored = {p.id: p for p in sink.iter_points(with_vectors=True)}
+    finally:
+        sink.close()
+    missing = sorted(str(expected[i][:2]) for i in set(expected) - set(stored))
+    extra = sorted(str((stored[i].table, stored[i].key)) for i in set(stored) - set(expected))
+    assert not missing, f"rows missing from the index: {missing[:20]} ({len(missing)} in all)"
+    assert not extra, f"points in the index whose rows are gone: {extra[:20]} ({len(extra)} in all)"
+    for pid, (table, key, text, payload) in expected.items():
+        point = stored[pid]
+        assert (point.table, point.key, point.text, point.payload) == (table, key, text, payload), pid
+        assert point.vector is not None and abs(float((point.vector ** 2).sum()) - 1.0) < 1e-3

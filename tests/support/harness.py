@@ -98,8 +98,9 @@ def write_config(path: Path, dsn: str, port: int, sink: dict[str, Any], slot: st
                          "payload": ["name", "description", "author", "year"]}]
     lines = ["[source]", f'dsn = "{dsn}"', f'slot = "{slot}"', f'publication = "{slot}"', ""]
     for t in tables:
-        lines += ["[[tables]]", f'name = "{t["name"]}"', f'text = "{t["text"]}"',
-                  "payload = [" + ", ".join(f'"{c}"' for c in t["payload"]) + "]", ""]
+        # JSON strings are TOML basic strings: names with quotes, spaces or accents survive
+        lines += ["[[tables]]", f'name = {json.dumps(t["name"])}', f'text = {json.dumps(t["text"])}',
+                  "payload = " + json.dumps(t["payload"]), ""]
     lines += ["[embedding]", 'model = "default"', "actors = 1", 'device = "auto"', "batch_size = 64", ""]
     lines += ["[sink]"] + [f"{k} = {json.dumps(v)}" for k, v in sink.items()] + [""]
     lines += ["[serve]", 'host = "127.0.0.1"', f"port = {port}", "", extra]

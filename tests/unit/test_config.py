@@ -274,10 +274,27 @@ def test_bad_template(tmp_path, template):
     assert "tables[0].text" in msg
 
 
-@pytest.mark.parametrize("name", ["a.b.c", "public.", "1books", "bad-name", "sch ema.books"])
+@pytest.mark.parametrize("name", ["a.b.c", "public.", ".books", "a\\\"b", "\\\"open", " books", "public.\\\"x\\\"y"])
 def test_bad_table_name(tmp_path, name):
     msg = load_error(write(tmp_path, MINIMAL.replace('name = "books"', f'name = "{name}"')))
     assert "tables[0].name" in msg
+
+
+@pytest.mark.parametrize(
+    ("name", "schema", "table", "canonical"),
+    [
+        ("1books", "public", "1books", "public.1books"),
+        ("bad-name", "public", "bad-name", "public.bad-name"),
+        ("sch ema.books", "sch ema", "books", "sch ema.books"),
+        ("Café Orders", "public", "Café Orders", "public.Café Orders"),
+        ('public."odd.name"', "public", "odd.name", 'public."odd.name"'),
+        ('"my.schema"."say ""hi"""', "my.schema", 'say "hi"', '"my.schema"."say ""hi"""'),
+    ],
+)
+def test_table_names_are_taken_literally_and_quoted_only_for_dots_and_quotes(name, schema, table, canonical):
+    config = config_from_dict({"source": {"dsn": "postgresql://u@h/db"}, "tables": [{"name": name}]}, environ={})
+    t = config.tables[0]
+    assert (t.schema_name, t.table_name, t.name) == (schema, table, canonical)
 
 
 def test_duplicate_table(tmp_path):
@@ -475,7 +492,7 @@ def test_environment_secrets_go_to_the_sink_they_belong_to(tmp_path):
 # -- identifiers: one validator, whole-value match ------------------------------------
 
 
-@pytest.mark.parametrize("name", ["items\n", "public.items\n", "public\n.items", "it ems"])
+@pytest.mark.parametrize("name", ["items\n", "public.items\n", "public\n.items", "public.it\nems"])
 def test_table_name_with_a_trailing_newline_is_refused(name):
     with pytest.raises(ConfigError) as info:
         config_from_dict({"source": {"dsn": "postgresql://u@h/db"}, "tables": [{"name": name}]}, environ={})

@@ -459,15 +459,18 @@ def test_idle_positions_read_while_batches_are_in_flight_wait_for_them(window):
     assert outcome.world.reader.confirmed == 60
 
 
-def test_idle_position_with_nothing_unwritten_is_acked_at_once():
+def test_idle_position_is_acked_once_the_writer_recorded_it():
     flow = FlowControl(window=3, acked_lsn=5)
+    idle = {"changes": 0, "to_embed": 0, "snapshot_complete": False}
     assert flow.next_actions() == [Read(None)]
-    assert flow.on_read({"changes": 0, "snapshot_complete": False, "ack_lsn": 9}, "b1") == [Ack(9)]
+    assert flow.on_read({**idle, "ack_lsn": 9}, "b1") == []  # not acknowledged yet
+    read2, apply1 = flow.next_actions()
+    assert read2 == Read(None) and isinstance(apply1, Apply) and apply1.entry.batch == "b1"
+    assert flow.on_read({**idle, "ack_lsn": 9}, "b2") == []  # not again: already on its way
+    assert flow.on_applied(apply1.entry, ApplyResult(1, 9, 0, 0, False, 0.0)) == [Ack(9)]
     assert flow.next_actions() == [Read(9)]  # rides on the next read
-    assert flow.on_read({"changes": 0, "snapshot_complete": False, "ack_lsn": 9}, "b2") == []  # not again
-    assert flow.next_actions() == [Read(None)]
-    assert flow.on_read({"changes": 0, "snapshot_complete": False, "ack_lsn": None}, "b3") == []
-    assert flow.inflight == 0
+    assert flow.on_read({**idle, "ack_lsn": None}, "b3") == []
+    assert flow.inflight == 0 and flow.acked_lsn == 9
 
 
 TXN_SCRIPT = [
@@ -556,3 +559,18 @@ def test_embedding_is_requested_only_for_batches_with_texts_to_embed():
     # the snapshot marker carries no change, but it must be written (it completes the backfill)
     assert flow.on_read({"changes": 0, "to_embed": 0, "snapshot_complete": True, "ack_lsn": None}, "b3") == []
     assert [e.batch for e in flow.queue] == ["b2", "b3"]
+
+
+def test_a_read_that_fails_for_good_drains_what_was_read_and_reads_no_more():
+    # a schema change: the batches read before it are written and acknowledged, nothing is read after it
+    flow = FlowControl(window=3)
+    meta = {"changes": 1, "to_embed": 0, "snapshot_complete": False, "ack_lsn": 10}
+    assert flow.next_actions() == [Read(None)]
+    assert flow.on_read(meta, "b1") == []
+    read2, apply1 = flow.next_actions()
+    assert isinstance(read2, Read) and isinstance(apply1, Apply)
+    flow.on_read_failed()
+    assert flow.stopping and not flow.drained  # b1 is still being written
+    assert flow.next_actions() == []  # no new read
+    assert flow.on_applied(apply1.entry, ApplyResult(1, 10, 1, 0, False, 0.0)) == [Ack(10, confirm=True)]
+    assert flow.drained and flow.acked_lsn == 10

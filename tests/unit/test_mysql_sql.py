@@ -350,6 +350,16 @@ class TestPortable:
             "SELECT `id`, `embedding` FROM `embeddings` WHERE `source_table` = %s AND `id` > %s ORDER BY `id` LIMIT %s"
         )
 
+    def test_points_by_id_and_keyset_pages(self) -> None:
+        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`"
+        assert self.d.points_sql(2) == f"SELECT {cols} FROM `embeddings` WHERE `id` IN (%s, %s)"
+        assert self.d.iter_sql(False, True) == (
+            f"SELECT {cols} FROM `embeddings` WHERE `source_table` = %s AND `id` > %s ORDER BY `id` LIMIT %s"
+        )
+        assert self.d.iter_sql(True, False) == (
+            f"SELECT {cols}, `embedding` FROM `embeddings` WHERE `id` > %s ORDER BY `id` LIMIT %s"
+        )
+
     def test_no_sql_search_or_index(self) -> None:
         assert self.d.create_index_sql() == [] and self.d.index_lookup_sql() == []
         with pytest.raises(NotImplementedError):

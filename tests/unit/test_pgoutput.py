@@ -190,7 +190,7 @@ def test_insert_every_field(decoder):
         "name": "Dune",
         "description": "A desert planet",
         "year": 1965,
-        "price": 12.5,
+        "price": "12.50",  # numeric: the exact text, never a float
         "meta": {"tags": ["sf"], "n": 1},
         "active": True,
     }
@@ -398,8 +398,8 @@ def test_protocol_error_is_value_error():
         (FLOAT8, "-Infinity", "-Infinity"),
         (NUMERIC, "12345678901234567890", 12345678901234567890),
         (NUMERIC, "-17", -17),
-        (NUMERIC, "3.14", 3.14),
-        (NUMERIC, "-0.5", -0.5),
+        (NUMERIC, "3.14", "3.14"),  # exact decimal text, never a float
+        (NUMERIC, "-0.5", "-0.5"),
         (NUMERIC, "NaN", "NaN"),
         (JSON, '{"a": [1, 2, null]}', {"a": [1, 2, None]}),
         (JSONB, '"str"', "str"),

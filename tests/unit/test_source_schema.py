@@ -68,8 +68,51 @@ def test_key_of_and_name():
 
 @pytest.mark.parametrize(
     ("column", "text", "expected"),
-    [("id", "5", 5), ("price", "1.5", 1.5), ("name", "5", "5"), ("unknown", "5", "5"), ("id", None, None)],
+    [("id", "5", 5), ("price", "1.5", "1.5"), ("price", "7", 7), ("name", "5", "5"), ("unknown", "5", "5"), ("id", None, None)],
 )
 def test_convert_uses_column_type(column, text, expected):
     value = spec().convert(column, text)
     assert value == expected and type(value) is type(expected)
+
+
+def typed_spec(text: str, payload: list[str] | None = None) -> TableSpec:
+    config = TableConfig(name="public.items", text=text, payload=payload or [])
+    types = {"id": 23, "flag": 16, "meta": 3802, "amount": 1700, "tags": 1009, "at": 1184, "raw": 17, "f": 701}
+    return TableSpec(config, ["id"], types)
+
+
+def test_render_prints_postgres_text_forms_not_python_reprs():
+    s = typed_spec("{flag}|{meta}|{amount}|{tags}|{at}|{raw}|{f}")
+    row = {c: s.convert(c, t) for c, t in {
+        "flag": "t", "meta": '{"b": 1, "a": [true, null]}', "amount": "12345678901234567890.1234567891",
+        "tags": '{a,"b c"}', "at": "2024-01-02 03:04:05+00", "raw": "\\x00ff", "f": "1e+15"}.items()}
+    text, _ = s.render(row)
+    assert text == ('true|{"b": 1, "a": [true, null]}|12345678901234567890.1234567891|{a,"b c"}|'
+                    "2024-01-02 03:04:05+00|\\x00ff|1e+15")
+
+
+def test_non_plain_template_applies_specs_to_exact_values():
+    s = typed_spec("{amount:>8.2f} {flag!s} {flag} {meta} [{tags:>10}] {amount} {f:.1f} {flag:>5}")
+    row = {"amount": s.convert("amount", "3.14159"), "flag": True, "meta": {"a": 7}, "tags": ["x"], "f": 2.25}
+    text, _ = s.render(row)
+    assert text == '    3.14 True true {"a": 7} [       {x}] 3.14159 2.2  true'
+    assert s.render({**row, "amount": None})[0].startswith(" True")
+
+
+def test_key_texts_read_back_as_the_column_types():
+    s = TableSpec(TableConfig(name="public.k", text="{id}", payload=[]), ["id", "raw", "flag"],
+                  {"id": 1700, "raw": 17, "flag": 16})
+    key = (s.convert("id", "1.50"), s.convert("raw", "\\x0a"), s.convert("flag", "t"))
+    assert s.key_texts(key) == ["1.50", "\\x0a", "true"]
+
+
+def test_a_spec_pickles_with_its_converters():
+    """Ray ships specs to the reader actor: converters, renderers and catalog types travel too."""
+    import pickle
+
+    s = typed_spec("{flag} {tags}", ["amount", "tags"])
+    s.set_types({16400: (16400, 16390)})
+    copy = pickle.loads(pickle.dumps(s))
+    row = {"flag": copy.convert("flag", "t"), "tags": copy.convert("tags", "{a,NULL}"), "amount": copy.convert("amount", "1.50")}
+    assert copy.render(row) == s.render(row) == ("true {a,NULL}", {"amount": "1.50", "tags": ["a", None]})
+    assert copy.types == {16400: (16400, 16390)}

@@ -365,3 +365,35 @@ def test_vectors_count_only_texts_that_need_embedding(writer):
         writer.apply(ChangeBatch(seq=2, changes=changes), np.stack([vec(1), vec(2)]))
     writer.apply(ChangeBatch(seq=2, changes=changes), np.stack([vec(2)]))
     assert ChangeBatch(seq=3, changes=changes).texts_to_embed() == ["Emma"]
+
+
+# -- the position the store reflects (resume check) ---------------------------------------------
+
+
+def test_the_store_records_the_position_it_reflects_before_it_is_acknowledged(writer, sink):
+    identity = {"system_id": "7", "database": "app", "slot": "unit_slot"}
+    writer.begin_backfill([A], "pub", identity)
+    apply(writer, 1, [up(A, 1)], phase="backfill")
+    assert writer.backfill_state() is None  # no position before the backfill is complete
+    apply(writer, 2, [], phase="backfill", snapshot_complete=True, ack_lsn=100)  # the snapshot's position
+    state = sink.get_state(state_name("unit_slot"))
+    assert state["backfill_complete"] and state["position"] == 100 and state["identity"] == identity
+    apply(writer, 3, [up(A, 2, lsn=150)], ack_lsn=160)
+    assert sink.get_state(state_name("unit_slot"))["position"] == 160
+    apply(writer, 4, [], ack_lsn=170)  # an idle position is recorded the same way
+    assert sink.get_state(state_name("unit_slot"))["position"] == 170
+    apply(writer, 5, [up(A, 3, lsn=175)], ack_lsn=None)  # inside a transaction: nothing to record
+    apply(writer, 6, [], ack_lsn=120)  # never backwards
+    assert sink.get_state(state_name("unit_slot"))["position"] == 170
+    assert sink.get_state(state_name("unit_slot"))["identity"] == identity
+
+
+def test_a_restarted_writer_keeps_recording_on_top_of_the_stored_state(writer, sink):
+    writer.begin_backfill([A], "pub", {"system_id": "7"})
+    apply(writer, 1, [], phase="backfill", snapshot_complete=True, ack_lsn=100)
+    again = Writer(sink, slot="unit_slot")  # what a restarted actor is
+    again.open(DIM)
+    assert again.backfill_state()["position"] == 100  # the coordinator reads it on every (re)start
+    apply(again, 1, [up(A, 1, lsn=200)], ack_lsn=210)
+    state = sink.get_state(state_name("unit_slot"))
+    assert state["position"] == 210 and state["tables"] == [A] and state["identity"] == {"system_id": "7"}

@@ -189,13 +189,18 @@ class SqlDialect:
             f"WHERE `id` IN ({', '.join(['%s'] * n)})"
         )
 
+    def _point_columns(self, with_vectors: bool) -> str:
+        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`"
+        return f"{cols}, {self.vector_select()}" if with_vectors else cols
+
     def iter_sql(self, with_vectors: bool, filtered: bool) -> str:
         """One keyset page of iter_points; params: ([source_table,] after_id, limit)."""
-        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`"
-        if with_vectors:
-            cols += f", {self.vector_select()}"
         where = "`source_table` = %s AND `id` > %s" if filtered else "`id` > %s"
-        return f"SELECT {cols} FROM {self.q_table} WHERE {where} ORDER BY `id` LIMIT %s"
+        return f"SELECT {self._point_columns(with_vectors)} FROM {self.q_table} WHERE {where} ORDER BY `id` LIMIT %s"
+
+    def points_sql(self, n: int) -> str:
+        """Stored fields (no vector) of ``n`` points by id (get_points)."""
+        return f"SELECT {self._point_columns(False)} FROM {self.q_table} WHERE `id` IN ({', '.join(['%s'] * n)})"
 
     def scan_sql(self, filtered: bool) -> str:
         """One keyset page of (id, vector) for the exact in-process search."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pymysql
@@ -204,55 +204,78 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
 
     def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
         """Stored text hash of each existing id among ``point_ids``."""
+        rows = self._select_by_ids(self.sql.text_hashes_sql, point_ids, "reading text hashes")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def _select_by_ids(self, sql: Callable[[int], str], point_ids: Sequence[str], what: str) -> list[tuple[Any, ...]]:
+        """Rows of ``sql(n)`` (``... WHERE id IN (n marks)``) for the distinct ``point_ids``, 1000 ids a statement."""
         ids = list(dict.fromkeys(point_ids))
         if not ids or not self._table_ready():
-            return {}
+            return []
 
-        def run(cur: Any) -> dict[str, str]:
-            out: dict[str, str] = {}
+        def run(cur: Any) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
             for i in range(0, len(ids), 1000):
                 chunk = ids[i : i + 1000]
-                cur.execute(self.sql.text_hashes_sql(len(chunk)), chunk)
-                out.update({str(r[0]): str(r[1]) for r in cur.fetchall()})
-            return out
+                cur.execute(sql(len(chunk)), chunk)
+                rows.extend(cur.fetchall())
+            return rows
 
-        return self._run("reading text hashes", run)
+        return self._run(what, run)
 
-    def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
-        """Every stored point (of one source table if given), paged by primary key."""
+    def points_page(self, table: str | None, cursor: str | None, limit: int | None = None,
+                    with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
+        """One keyset page by primary key, ``scan_chunk_rows`` points unless ``limit`` says;
+        the cursor is the last id of the page."""
         if not self._table_ready():
-            return
+            return [], None
         if with_vectors:
             self._require_dimension()
-        for rows in self._pages(self.sql.iter_sql(with_vectors, table is not None), table, "reading points"):
-            for r in rows:
-                yield StoredPoint(
-                    id=str(r[0]),
-                    table=str(r[1]),
-                    key=json.loads(r[2]),
-                    text=str(r[3]),
-                    text_hash=str(r[4]),
-                    payload=json.loads(r[5]),
-                    vector=self.sql.decode_vector(r[6]) if with_vectors else None,
-                )
+        limit = max(1, int(limit or self._scan_chunk_rows))
+        rows = self._keyset_page(self.sql.iter_sql(with_vectors, table is not None), table, cursor or "", limit,
+                                 "reading points")
+        points = [self._stored_point(r, with_vectors) for r in rows]
+        return points, (points[-1].id if len(points) == limit else None)
+
+    def get_points(self, point_ids: Sequence[str]) -> dict[str, StoredPoint]:
+        """Stored fields of each existing id among ``point_ids`` (no vectors)."""
+        rows = self._select_by_ids(self.sql.points_sql, point_ids, "reading points")
+        return {str(r[0]): self._stored_point(r, False) for r in rows}
+
+    def _stored_point(self, r: tuple[Any, ...], with_vectors: bool) -> StoredPoint:
+        """A row of ``iter_sql``/``points_sql`` as a :class:`StoredPoint`."""
+        return StoredPoint(
+            id=str(r[0]),
+            table=str(r[1]),
+            key=json.loads(r[2]),
+            text=str(r[3]),
+            text_hash=str(r[4]),
+            payload=json.loads(r[5]),
+            vector=self.sql.decode_vector(r[6]) if with_vectors else None,
+        )
 
     def _pages(self, sql: str, table: str | None, what: str, deadline_s: float | None = None) -> Iterator[list[tuple[Any, ...]]]:
         """Keyset pages of ``sql`` (``[source_table = %s AND] id > %s ORDER BY id LIMIT %s``),
         ``scan_chunk_rows`` at a time: memory stays bounded for any table size."""
         after = ""
         while True:
-            params = (table, after, self._scan_chunk_rows) if table is not None else (after, self._scan_chunk_rows)
-
-            def page(cur: Any, params: tuple[Any, ...] = params) -> list[tuple[Any, ...]]:
-                cur.execute(sql, params)
-                return list(cur.fetchall())
-
-            rows = self._run(what, page, deadline_s=deadline_s)
+            rows = self._keyset_page(sql, table, after, self._scan_chunk_rows, what, deadline_s)
             if rows:
                 yield rows
             if len(rows) < self._scan_chunk_rows:
                 return
             after = str(rows[-1][0])
+
+    def _keyset_page(self, sql: str, table: str | None, after: str, limit: int, what: str,
+                     deadline_s: float | None = None) -> list[tuple[Any, ...]]:
+        """The rows of one page of a keyset ``sql`` (see :meth:`_pages`): ids after ``after``."""
+        params = (table, after, limit) if table is not None else (after, limit)
+
+        def page(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+        return self._run(what, page, deadline_s=deadline_s)
 
     def search(self, vector: np.ndarray, k: int, table: str | None = None) -> list[SearchHit]:
         """The ``k`` nearest points by cosine similarity, best first.

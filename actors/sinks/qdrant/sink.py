@@ -233,37 +233,33 @@ class QdrantSink(VectorSink):
         with self._lock:
             return int(self.client.count(self.collection, exact=True).count)
 
-    def iter_points(self, table: str | None = None, with_vectors: bool = False) -> Iterator[StoredPoint]:
+    def points_page(self, table: str | None, cursor: str | None, limit: int | None = None,
+                    with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
+        # the cursor is the id the next page starts at (Qdrant's next_page_offset)
         flt = None
         if table is not None:
             flt = models.Filter(must=[models.FieldCondition(key="table", match=models.MatchValue(value=table))])
-        offset = None
-        while True:
-            with self._lock:
-                records, offset = self.client.scroll(
-                    self.collection,
-                    scroll_filter=flt,
-                    limit=_SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                )
-            for rec in records:
-                stored = rec.payload or {}
-                vector = None
-                if with_vectors and rec.vector is not None:
-                    vector = np.asarray(rec.vector, dtype=np.float32)
-                yield StoredPoint(
-                    id=str(rec.id),
-                    table=stored.get("table", ""),
-                    key=list(stored.get("key", [])),
-                    text=stored.get("text", ""),
-                    text_hash=stored.get("text_hash", ""),
-                    payload=dict(stored.get("payload") or {}),
-                    vector=vector,
-                )
-            if offset is None:
-                return
+        with self._lock:
+            if not self._readable(self.collection):
+                return [], None
+            records, offset = self.client.scroll(
+                self.collection,
+                scroll_filter=flt,
+                limit=limit or _SCROLL_PAGE,
+                offset=cursor,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [_stored_point(rec, with_vectors) for rec in records], None if offset is None else str(offset)
+
+    def get_points(self, point_ids: Sequence[str]) -> dict[str, StoredPoint]:
+        with self._lock:
+            if not point_ids or not self._readable(self.collection):
+                return {}
+            records = self.client.retrieve(
+                self.collection, ids=list(dict.fromkeys(point_ids)), with_payload=True, with_vectors=False
+            )
+        return {str(rec.id): _stored_point(rec, False) for rec in records}
 
     def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
         if not point_ids:
@@ -274,6 +270,11 @@ class QdrantSink(VectorSink):
             )
         return {str(r.id): (r.payload or {}).get("text_hash", "") for r in records}
 
+    def _readable(self, collection: str) -> bool:
+        """Whether ``collection`` can be read: always after ensure_ready; before it (a reader
+        that creates nothing, such as ``verify``) a store nothing was written to has no points."""
+        return self.dimension is not None or self.client.collection_exists(collection)
+
     # -- bookkeeping ------------------------------------------------------------------
 
     def _state_id(self, name: str) -> str:
@@ -281,6 +282,8 @@ class QdrantSink(VectorSink):
 
     def get_state(self, name: str) -> dict[str, Any] | None:
         with self._lock:
+            if not self._readable(self.state_collection):
+                return None
             records = self.client.retrieve(self.state_collection, ids=[self._state_id(name)], with_payload=True)
         if not records:
             return None
@@ -307,6 +310,23 @@ class QdrantSink(VectorSink):
                 self.client.close()
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
+
+
+def _stored_point(rec: Any, with_vectors: bool) -> StoredPoint:
+    """A retrieved or scrolled record as a :class:`StoredPoint` (the inverse of :func:`_stored_payload`)."""
+    stored = rec.payload or {}
+    vector = None
+    if with_vectors and rec.vector is not None:
+        vector = np.asarray(rec.vector, dtype=np.float32)
+    return StoredPoint(
+        id=str(rec.id),
+        table=stored.get("table", ""),
+        key=list(stored.get("key", [])),
+        text=stored.get("text", ""),
+        text_hash=stored.get("text_hash", ""),
+        payload=dict(stored.get("payload") or {}),
+        vector=vector,
+    )
 
 
 def _stored_payload(p: VectorPoint) -> dict[str, Any]:
