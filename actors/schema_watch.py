@@ -116,7 +116,8 @@ class SchemaWatch:
             if oid not in current:
                 raise SchemaChanged(
                     f"table {spec.name} (tables[{index}].name) was dropped; its points stay in the store until "
-                    f"removed on purpose; remove it from the config (or create it again) and restart embedcluster run"
+                    f"removed on purpose; remove it from the config (or create it again) and restart embedcluster run "
+                    f"(embedcluster forget --table {spec.name} --yes deletes its points)"
                 )
             if current[oid] != spec.name:
                 raise SchemaChanged(

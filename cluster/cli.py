@@ -219,6 +219,24 @@ def verify(config_path: str, table: str | None, as_json: bool, repair: bool, tim
     sys.exit(0 if report.clean else 1)
 
 
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--table", required=True, help="the table whose points to delete (not a configured one)")
+@click.option("--yes", is_flag=True, help="really delete them")
+def forget(config_path: str, table: str, yes: bool) -> None:
+    """Delete a table's points from the store (a table dropped from the source or from the config)."""
+    from cluster import verify as verifying
+
+    config = _load(config_path)
+    if not yes:
+        fail(f"this deletes every point of table {table} from the store; pass --yes to confirm")
+    try:
+        removed = verifying.forget(config, table)
+    except verifying.VerifyError as exc:
+        fail(str(exc))
+    click.echo(f"deleted {removed} points of {table}")
+
+
 _BENCH_MODULES = {
     "embed": ("benchmarks.bench_embed", "embedding throughput: one-per-call vs sentence-transformers vs our actor pool"),
     "pipeline": ("benchmarks.bench_pipeline", "end-to-end rows/s, efficiency and commit->searchable latency"),

@@ -30,6 +30,7 @@ import psycopg
 
 from actors.logs import error_line
 from actors.sinks.base import SinkError, StoredPoint, VectorPoint, open_sink
+from actors.source_config import qualified_name, split_qualified
 from actors.source_schema import SourceError, inspect_source
 from actors.verify import CLASSES, OWNER_FILE, PgRowSource, PointStore, Report, Verifier, VerifyError
 from cluster.config import Config
@@ -39,7 +40,7 @@ CALL_TIMEOUT_S = 120.0
 #: "the store is locked": QdrantSink's message for a store another process holds
 _LOCKED = "is open in another process"
 
-__all__ = ["VerifyError", "format_report", "open_store", "verify"]
+__all__ = ["VerifyError", "forget", "format_report", "open_store", "verify"]
 
 
 class WriterStore:
@@ -202,7 +203,7 @@ def verify(config: Config, table: str | None = None, repair: bool = False, timeo
     try:
         specs = inspect_source(config.source, config.tables)
         if table is not None:
-            name = table if "." in table else f"public.{table}"
+            name = _table_name(table)
             if name not in specs:
                 raise VerifyError(f"table {table} is not configured (tables: {', '.join(specs)})")
             specs = {name: specs[name]}
@@ -224,6 +225,54 @@ def verify(config: Config, table: str | None = None, repair: bool = False, timeo
         raise VerifyError(f"PostgreSQL failed during verify: {error_line(exc)}") from None
     report.store = opened.how
     return report
+
+
+def _table_name(table: str) -> str:
+    """``table`` spelled as the config spells table names (``public.`` added, quoting canonical)."""
+    try:
+        return qualified_name(*split_qualified(table))
+    except ValueError as exc:
+        raise VerifyError(f"--table {table!r} {exc}") from None
+
+
+#: points deleted per call by forget
+FORGET_PAGE = 1000
+
+
+def forget(config: Config, table: str) -> int:
+    """Delete every point of ``table`` from the store; returns how many.
+
+    The explicit command for a table that was dropped from the source (the
+    pipeline stops then, and never removes its points by itself) or removed
+    from the config.  A configured table is refused: the pipeline would go on
+    indexing it.  Page by page (memory stays bounded), directly or through the
+    running pipeline's writer like verify; the slot is not touched.
+    """
+    name = _table_name(table)
+    for index, configured in enumerate(config.tables):
+        if configured.name == name:
+            raise VerifyError(
+                f"table {name} is still configured (tables[{index}]); remove it from the config first, "
+                "or the pipeline would index it again"
+            )
+    try:
+        opened = open_store(config, writable=False)
+    except SinkError as exc:
+        raise VerifyError(str(exc)) from None
+    removed = 0
+    try:
+        cursor: str | None = None
+        while True:
+            points, cursor = opened.store.points_page(name, cursor, FORGET_PAGE)
+            if points:
+                opened.store.delete([p.id for p in points])
+                removed += len(points)
+            if cursor is None:
+                return removed
+    except SinkError as exc:
+        raise VerifyError(f"{exc} ({removed} points of {name} were deleted before that)") from None
+    finally:
+        opened.close()
 
 
 # -- printing ---------------------------------------------------------------------------------------

@@ -449,3 +449,38 @@ def test_odd_identifiers_backfill_and_stream(dsn: str) -> None:
         assert changes[0].text == "changed" and changes[2].payload == {"Région": "Sud"}
     finally:
         stream.close()
+
+
+def test_a_dropped_tables_points_are_removed_only_by_forget(tmp_path) -> None:  # noqa: ANN001
+    import numpy as np
+
+    from actors.changes import point_id, text_hash
+    from actors.sinks.base import VectorPoint, open_sink
+    from cluster.config import QdrantSinkConfig
+
+    sink_config = QdrantSinkConfig(path=str(tmp_path / "q"), collection="forget")
+    sink = open_sink(sink_config)
+    sink.ensure_ready(4)
+    vector = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    sink.upsert([VectorPoint(point_id(t, [k]), t, [k], vector, "x", text_hash("x"), {})
+                 for t in ("public.docs", "public.gone") for k in range(3)])
+    sink.close()
+    path = tmp_path / "ec.toml"
+    path.write_text(f'[source]\ndsn = "postgresql://u@127.0.0.1:1/db"\n[[tables]]\nname = "docs"\n'
+                    f'[sink]\nkind = "qdrant"\ncollection = "forget"\npath = "{tmp_path / "q"}"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cluster.cli", "forget", "--config", str(path), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    unconfirmed = cli("--table", "gone")
+    assert unconfirmed.returncode == 2 and "pass --yes" in unconfirmed.stderr
+    configured = cli("--table", "docs", "--yes")
+    assert configured.returncode == 2 and "public.docs is still configured (tables[0])" in configured.stderr
+    done = cli("--table", "gone", "--yes")
+    assert done.returncode == 0 and "deleted 3 points of gone" in done.stdout, done.stderr
+    sink = open_sink(sink_config)
+    try:
+        assert sorted((p.table, p.key[0]) for p in sink.iter_points()) == [("public.docs", k) for k in range(3)]
+    finally:
+        sink.close()
