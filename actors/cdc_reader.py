@@ -145,29 +145,21 @@ class PgChangeSource:
 
     # -- set-up ----------------------------------------------------------------
 
-    def slot_exists(self) -> bool:
-        with connect(self.source.dsn_value, self.source.dsn_masked, autocommit=True) as conn:
+    def slot_status(self) -> dict[str, Any]:
+        """What a resume is checked against: does the slot exist, its confirmed
+        position, and the identity of the server and database it belongs to
+        (``IDENTIFY_SYSTEM``: a store that followed another server, a restored
+        one or a promoted copy with another history, must not resume here)."""
+        dsn, masked = self.source.dsn_value, self.source.dsn_masked
+        with connect(dsn, masked, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+                "SELECT plugin, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
             ).fetchone()
         if row is not None and row[0] != "pgoutput":
             raise SourceError(
                 f"replication slot {self.slot} uses plugin {row[0]}, not pgoutput; "
                 f"drop it (embedcluster drop --yes) or choose another source.slot"
             )
-        return row is not None
-
-    def slot_status(self) -> dict[str, Any]:
-        """What a resume is checked against: does the slot exist, its confirmed
-        position, and the identity of the server and database it belongs to
-        (``IDENTIFY_SYSTEM``: a store that followed another server, a restored
-        one or a promoted copy with another history, must not resume here)."""
-        exists = self.slot_exists()
-        dsn, masked = self.source.dsn_value, self.source.dsn_masked
-        with connect(dsn, masked, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
-            ).fetchone()
         with connect(dsn, masked, autocommit=True, replication="database") as repl:
             res = repl.pgconn.exec_(b"IDENTIFY_SYSTEM")
             if res.status != pq.ExecStatus.TUPLES_OK:
@@ -175,8 +167,8 @@ class PgChangeSource:
                 raise SourceError(f"IDENTIFY_SYSTEM failed for slot {self.slot}: {message}")
             system_id, database = res.get_value(0, 0).decode(), (res.get_value(0, 3) or b"").decode()
         return {
-            "exists": exists,
-            "confirmed_lsn": parse_lsn(row[0]) if row and row[0] else None,
+            "exists": row is not None,
+            "confirmed_lsn": parse_lsn(row[1]) if row and row[1] else None,
             "identity": {"system_id": system_id, "database": database, "slot": self.slot},
         }
 

@@ -35,9 +35,6 @@ class CdcReaderActor:
         setup_logging(log_level)
         self.source = PgChangeSource(source, specs)
 
-    def slot_exists(self) -> bool:
-        return self.source.slot_exists()
-
     def slot_status(self) -> dict[str, Any]:
         return self.source.slot_status()
 
