@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 
 from cluster.demo import BATCH_2, insert_sql
 from tests.integration.checks import assert_index_equals_table
+from tests.support.churn import ChurnWriter
 from tests.support.harness import (
     REPO,
     free_port,
@@ -133,60 +132,6 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
     with psycopg.connect(books) as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'embedcluster'").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = 'embedcluster'").fetchone()[0] == 0
-
-
-class ChurnWriter(threading.Thread):
-    """Inserts, updates and deletes books in small transactions until stopped."""
-
-    def __init__(self, dsn: str, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.rng = random.Random(seed)
-        self.stop_event = threading.Event()
-        self.transactions = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn) as conn:
-                while not self.stop_event.is_set():
-                    self._transaction(conn)
-                    self.transactions += 1
-                    self.stop_event.wait(0.05)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    def _transaction(self, conn: psycopg.Connection) -> None:
-        rng = self.rng
-        with conn.transaction():
-            ids = [r[0] for r in conn.execute("SELECT id FROM books").fetchall()]
-            for _ in range(rng.randint(1, 4)):
-                roll = rng.random()
-                if roll < 0.55 or not ids:
-                    n = rng.randint(0, 10**6)
-                    conn.execute(
-                        "INSERT INTO books (name, description, author, year) VALUES (%s, %s, %s, %s)",
-                        (f"Book {n}", f"A story about {rng.choice(['ships', 'dragons', 'cities', 'robots'])} number {n}.",
-                         f"Author {n % 97}", 1900 + n % 120),
-                    )
-                elif roll < 0.85:
-                    key = rng.choice(ids)
-                    conn.execute("UPDATE books SET description = description || ' Revised.', year = year + 1 WHERE id = %s", (key,))
-                else:
-                    key = rng.choice(ids)
-                    conn.execute("DELETE FROM books WHERE id = %s", (key,))
-                    ids.remove(key)
-            if rng.random() < 0.04:
-                # a larger transaction: spans several change batches
-                conn.execute(
-                    "INSERT INTO books (name, description, author, year) "
-                    "SELECT 'Bulk ' || g, 'A bulk-loaded tale number ' || g, 'Bulk', 2000 FROM generate_series(1, 150) g"
-                )
-
-    def finish(self) -> None:
-        self.stop_event.set()
-        self.join(30)
-        assert self.error is None, f"churn writer failed: {self.error!r}"
 
 
 @pytest.mark.parametrize("how", ["sigterm", "crash"])

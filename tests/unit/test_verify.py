@@ -3,7 +3,7 @@
 The source is a table held in memory (:class:`TableSource`) whose changes reach the store
 through the real :class:`~actors.writer.Writer` only when verify waits for the slot, the way
 a running pipeline lags behind the commits.  The PostgreSQL side (snapshots, the slot) is
-``tests/integration/test_verify.py``.
+``tests/integration/test_production_schemas.py``.
 """
 
 from __future__ import annotations
