@@ -13,13 +13,25 @@ Ordering and acknowledgement rules (the heart of "no lost change"):
   here ever confirms what it merely received.
 * A crash before the ack makes PostgreSQL resend from the last confirmed
   position: replays are harmless because point ids are deterministic.
+
+Threads (the Ray actor runs ``ack`` beside ``read_batch``): every use of the
+replication connection and of the acknowledged position happens under one
+lock.  ``read_batch`` releases it whenever it waits on the socket, so an
+``ack`` is sent to the server the moment the write it confirms finished, not
+after the read's timeout.  While the stream is open a keepalive thread sends
+a status update (the acknowledged position, never more) every few seconds
+when nobody else did: when the coordinator's window is full nothing reads, and
+without it the server would end the connection after ``wal_sender_timeout``.
+That thread never reads the socket: the backlog stays in PostgreSQL's WAL.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import re
 import select
+import threading
 import time
 from typing import Any, Iterator
 
@@ -40,14 +52,32 @@ from actors.pgoutput import (
     standby_status,
 )
 from actors.schema_watch import SchemaChanged, SchemaWatch
-from actors.source_schema import SourceError, TableSpec, connect, drop_slot, ensure_publication, learn_types
+from actors.source_schema import (
+    SourceBusy,
+    SourceError,
+    SourceFatal,
+    TableSpec,
+    connect,
+    drop_slot,
+    ensure_publication,
+    learn_types,
+    slot_holder,
+)
 from actors.source_config import SourceConfig
 
 log = logging.getLogger(__name__)
 
 #: seconds between unsolicited standby status updates (the server's default
-#: wal_sender_timeout is 60 s; stay well inside it)
+#: wal_sender_timeout is 60 s; stay well inside it); at most a quarter of the
+#: connection's own wal_sender_timeout
 STATUS_INTERVAL_S = 5.0
+MIN_STATUS_INTERVAL_S = 0.05
+#: how long a slot streamed by another process, or a server with every WAL sender
+#: taken, is waited for before the run ends.  The other process may be our own
+#: previous one (or attempt): its walsender exits a moment after its connection is
+#: gone (seen here: up to a few seconds after a SIGKILL), which must not end a restart.
+BUSY_WAIT_S = 30.0
+BUSY_POLL_S = 0.5
 #: longest wait for the rest of a transaction already begun (normally < 1 ms away)
 COMMIT_WAIT_S = 0.05
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
@@ -105,6 +135,29 @@ def _now_pg_us() -> int:
     return int(time.time() * 1_000_000) - _PG_EPOCH_US
 
 
+def _invalidated(slot: str) -> SourceFatal:
+    return SourceFatal(
+        f"replication slot {slot} was invalidated by PostgreSQL: it fell more than max_slot_wal_keep_size behind "
+        "and the WAL it needed is gone; index the tables again from a fresh snapshot (embedcluster drop --config "
+        "FILE --yes, then embedcluster run), and keep the pipeline running or raise max_slot_wal_keep_size"
+    )
+
+
+def _no_read_privilege(exc: psycopg.Error) -> SourceFatal:
+    """Reading a configured table was refused: no retry grants SELECT."""
+    detail = (exc.diag.message_primary or str(exc)).strip()
+    return SourceFatal(f"reading the source failed: {detail}; GRANT SELECT ON the configured tables TO the user "
+                       "of source.dsn")
+
+
+def _dropped(slot: str) -> SourceFatal:
+    return SourceFatal(
+        f"replication slot {slot} was dropped while the pipeline used it (not by embedcluster): the changes since "
+        "its last confirmed position are lost to it; run embedcluster run again to index the tables from a fresh "
+        "snapshot, and leave the slot to embedcluster (embedcluster drop removes it)"
+    )
+
+
 class PgChangeSource:
     """Reads row changes for the configured tables from one logical slot."""
 
@@ -142,6 +195,18 @@ class PgChangeSource:
         # change found mid-batch ends that batch, and the next read raises it
         self._watch = SchemaWatch(specs)
         self._halt: SchemaChanged | None = None
+        # Guards the replication connection (libpq connections are not thread-safe)
+        # and _acked_lsn / _last_status / _streaming: read_batch, ack (another thread
+        # of the actor) and the keepalive thread all take it.
+        self._lock = threading.Lock()
+        self._keepalive: tuple[threading.Thread, threading.Event] | None = None
+        self._in_read = False  # read_batch runs (it may use the side connection): under the lock
+        self._status_interval = STATUS_INTERVAL_S
+        #: see BUSY_WAIT_S (tests shorten it)
+        self.busy_wait_s = BUSY_WAIT_S
+        # this source created or streamed the slot: if it is missing later, someone
+        # else dropped it (embedcluster drops a slot only to create it again at once)
+        self._slot_known = False
 
     # -- set-up ----------------------------------------------------------------
 
@@ -153,14 +218,21 @@ class PgChangeSource:
         dsn, masked = self.source.dsn_value, self.source.dsn_masked
         with connect(dsn, masked, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT plugin, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+                "SELECT plugin, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,),
             ).fetchone()
+        if row is None and self._slot_known:
+            # After a failure the coordinator asks here first: resuming would create
+            # a new slot and silently skip what the old one had not confirmed.
+            raise _dropped(self.slot)
         if row is not None and row[0] != "pgoutput":
-            raise SourceError(
+            raise SourceFatal(
                 f"replication slot {self.slot} uses plugin {row[0]}, not pgoutput; "
                 f"drop it (embedcluster drop --yes) or choose another source.slot"
             )
-        with connect(dsn, masked, autocommit=True, replication="database") as repl:
+        if row is not None and row[2] == "lost":
+            raise _invalidated(self.slot)
+        with self._wait_until_free(lambda: connect(dsn, masked, autocommit=True, replication="database")) as repl:
             res = repl.pgconn.exec_(b"IDENTIFY_SYSTEM")
             if res.status != pq.ExecStatus.TUPLES_OK:
                 message = (res.error_message or b"").decode(errors="replace").strip()
@@ -180,19 +252,24 @@ class PgChangeSource:
         streaming from the existing slot's confirmed position.
         """
         dsn, masked = self.source.dsn_value, self.source.dsn_masked
+        if self._repl is not None or self._side is not None or self._snapshot_conn is not None:
+            self.close()  # a start without the close of a failed attempt: nothing of it is reused
         self._emitted.clear()
         self._halt = None
         with connect(dsn, masked, autocommit=True) as conn:
             ensure_publication(conn, self.source.publication, list(self.specs))
             learn_types(conn, self.specs.values())  # element types of arrays of user types, domains
         self._side = connect(dsn, masked, autocommit=True)
-        self._repl = connect(dsn, masked, autocommit=True, replication="database")
+        self._repl = self._wait_until_free(lambda: connect(dsn, masked, autocommit=True, replication="database"))
+        # before CREATE_REPLICATION_SLOT: its exported snapshot lasts only until the next command
+        self._status_interval = self._status_interval_of_connection()
         info: dict[str, Any] = {"slot": self.slot, "backfill": backfill}
         if not backfill:
             self._start_streaming()
             return info
-        self._drop_slot_if_exists()
+        self._wait_until_free(self._drop_slot_if_exists)
         res = self._simple(f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
+        self._slot_known = True
         consistent = parse_lsn(res.get_value(0, 1).decode())
         snapshot = res.get_value(0, 2).decode()
         # The exported snapshot lives only until the replication connection runs
@@ -217,13 +294,75 @@ class PgChangeSource:
         res = self._repl.pgconn.exec_(command.encode())
         if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.COPY_BOTH):
             message = (res.error_message or b"").decode(errors="replace").strip()
-            raise SourceError(f"replication command failed on slot {self.slot}: {message}")
+            sqlstate = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+            raise self._command_error(sqlstate, message.removeprefix("ERROR:").strip())
         return res
+
+    def _command_error(self, sqlstate: str, message: str) -> SourceError:
+        """A failed replication command as an error that says whether retrying can help."""
+        slot = self.slot
+        if sqlstate == "55006":  # object_in_use: another walsender streams the slot
+            found = re.search(r"PID (\d+)", message)
+            holder = ""
+            if found:
+                with connect(self.source.dsn_value, self.source.dsn_masked, autocommit=True) as conn:
+                    holder = slot_holder(conn, int(found.group(1)))
+            who = f"process {found.group(1)}{holder}" if found else "another process"
+            fix = f"SELECT pg_terminate_backend({found.group(1)}) ends it" if found else "stop it"
+            return SourceBusy(
+                f"replication slot {slot} is in use by {who}: one slot streams to one reader; stop that client "
+                f"({fix}) or set another source.slot"
+            )
+        if sqlstate == "53400":  # configuration_limit_exceeded: every replication slot is taken
+            return SourceFatal(
+                f"cannot create replication slot {slot}: all max_replication_slots slots of the server are in use; "
+                "drop one no longer used (SELECT slot_name, active FROM pg_replication_slots; "
+                "SELECT pg_drop_replication_slot('NAME')) or raise max_replication_slots (needs a restart of "
+                "PostgreSQL)"
+            )
+        if sqlstate == "42704" and "replication slot" in message:  # undefined_object
+            return _dropped(slot)
+        if "can no longer get changes" in message or "has been invalidated" in message:
+            return _invalidated(slot)
+        if sqlstate == "42501":  # insufficient_privilege
+            return SourceFatal(f"replication on slot {slot} refused: {message}; give the user of source.dsn the "
+                               "REPLICATION attribute (ALTER ROLE ... WITH REPLICATION)")
+        return SourceError(f"replication command failed on slot {slot}: {message}")
+
+    def _wait_until_free(self, attempt: Any) -> Any:
+        """``attempt()``, retried while it finds the slot or the WAL senders busy (see
+        BUSY_WAIT_S); still busy after ``busy_wait_s``: :class:`SourceFatal`."""
+        deadline = time.monotonic() + self.busy_wait_s
+        warned = False
+        while True:
+            try:
+                return attempt()
+            except SourceBusy as exc:
+                if time.monotonic() >= deadline:
+                    raise SourceFatal(f"{exc} (still so after {self.busy_wait_s:.0f} s)") from None
+                if not warned:
+                    log.warning("%s; waiting up to %.0f s for it to be free", exc, self.busy_wait_s)
+                    warned = True
+                time.sleep(BUSY_POLL_S)
+
+    def _status_interval_of_connection(self) -> float:
+        """Seconds between unsolicited status updates: well inside this connection's
+        wal_sender_timeout (it can be set per connection, in the DSN's options)."""
+        assert self._repl is not None
+        res = self._repl.pgconn.exec_(b"SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'")
+        try:
+            timeout_ms = int(res.get_value(0, 0)) if res.status == pq.ExecStatus.TUPLES_OK and res.ntuples else 0
+        except (TypeError, ValueError):
+            timeout_ms = 0
+        if timeout_ms <= 0:  # 0 disables the timeout
+            return STATUS_INTERVAL_S
+        return max(MIN_STATUS_INTERVAL_S, min(STATUS_INTERVAL_S, timeout_ms / 1000 / 4))
 
     def _start_streaming(self) -> None:
         options = f"proto_version '1', publication_names '{self.source.publication}'"
-        self._simple(f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})')
-        self._streaming = True
+        # not under the lock: nothing else uses the connection until _streaming is set
+        self._wait_until_free(lambda: self._simple(f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})'))
+        self._slot_known = True
         self._decoder = PgOutputDecoder(_decoder_types(self.specs))
         self._in_txn = False
         # The server resends from the slot's confirmed position, which is behind
@@ -232,7 +371,90 @@ class PgChangeSource:
         # written, skipping changes not yet re-read; a second failure then
         # restarts past them.  Only what this stream hands out counts.
         self._safe_lsn = 0
+        with self._lock:
+            self._streaming = True
+            self._last_status = time.monotonic()
+        self._start_keepalive()
         log.info("streaming slot %s from its confirmed position", self.slot)
+
+    # -- keepalive ------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        self._stop_keepalive()
+        stop = threading.Event()
+        thread = threading.Thread(target=self._keepalive_loop, args=(stop,), name=f"keepalive-{self.slot}", daemon=True)
+        self._keepalive = (thread, stop)
+        thread.start()
+
+    def _stop_keepalive(self) -> None:
+        """Stop the keepalive thread and wait for it (never while holding the lock: it may wait for it)."""
+        if self._keepalive is None:
+            return
+        thread, stop = self._keepalive
+        self._keepalive = None
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(10)
+
+    def _keepalive_loop(self, stop: threading.Event) -> None:
+        """A status update whenever none was sent for ``_status_interval`` s.
+
+        This is what answers the server while nobody calls read_batch (the window
+        is full: the writer is slow or stalled): any status update resets the
+        walsender's wal_sender_timeout, so a keepalive that asks for a reply needs
+        no answer of its own (it waits in the socket, behind the backlog, unread).
+        It reports the acknowledged position, as every update does: never more.
+        The socket is not read here: reading would take the backlog into memory,
+        or lose it.
+        """
+        while not stop.wait(self._status_interval / 2):
+            with self._lock:
+                if stop.is_set() or not self._streaming:
+                    return
+                if not self._in_read and self._server_going_away():
+                    return
+                if time.monotonic() - self._last_status < self._status_interval:
+                    continue
+                try:
+                    self._send_status()
+                except Exception as exc:  # noqa: BLE001 - the next read reports a broken stream
+                    log.debug("slot %s: status update failed: %s", self.slot, exc)
+
+    def _server_going_away(self) -> bool:
+        """While nothing reads: did the server end our idle side connection (a fast shutdown
+        terminates ordinary backends first)?  Then end the stream too (lock held).
+
+        A logical walsender that is shutting down waits until the client has
+        confirmed everything it was sent, or until wal_sender_timeout of silence;
+        with the status updates above, a stalled pipeline would keep a fast
+        shutdown of PostgreSQL waiting for as long as the sink is away.  Closing
+        the stream lets the shutdown finish at once; nothing is lost (the
+        acknowledged position is the server's), and the next read fails over to
+        the usual replay from the slot.  Anything else arriving on the idle
+        connection (a parameter change after a reload) is read and ignored.
+        """
+        side = self._side
+        if side is None or self._repl is None:
+            return False
+        pgconn = side.pgconn
+        try:
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                return False
+            pgconn.consume_input()
+            ended = pgconn.status == pq.ConnStatus.BAD
+        except Exception:  # noqa: BLE001 - a socket gone or a read that failed: ended as well
+            ended = True
+        if not ended:
+            return False
+        log.warning("slot %s: PostgreSQL ended the reader's connections while the pipeline was not reading "
+                    "(shutting down?): ending the stream too, so the server need not wait for the pipeline; "
+                    "it resumes from the slot", self.slot)
+        self._streaming = False
+        try:
+            self._repl.close()
+        except Exception:  # noqa: BLE001
+            pass
+        return True
 
     # -- backfill -----------------------------------------------------------------
 
@@ -284,13 +506,22 @@ class PgChangeSource:
         if self._halt is not None:
             raise self._halt
         self._seq += 1
-        if self._backfill is not None:
-            return self._next_backfill_batch(max_changes)
-        return self._read_stream(max_changes, timeout)
+        with self._lock:
+            self._in_read = True
+        try:
+            if self._backfill is not None:
+                return self._next_backfill_batch(max_changes)
+            return self._read_stream(max_changes, timeout)
+        finally:
+            with self._lock:
+                self._in_read = False
 
     def _next_backfill_batch(self, max_changes: int) -> ChangeBatch:
         assert self._backfill is not None
-        changes = next(self._backfill, None)
+        try:
+            changes = next(self._backfill, None)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise _no_read_privilege(exc) from None
         if changes is not None:
             return ChangeBatch(self._seq, changes, ack_lsn=None, phase="backfill")
         # Snapshot exhausted: end its transaction, then stream from the slot.
@@ -308,8 +539,6 @@ class PgChangeSource:
         return ChangeBatch(self._seq, [], ack_lsn=snapshot_lsn, phase="backfill", snapshot_complete=True)
 
     def _read_stream(self, max_changes: int, timeout: float) -> ChangeBatch:
-        assert self._repl is not None
-        pgconn = self._repl.pgconn
         deadline = time.monotonic() + timeout
         if self._watch.due():
             assert self._side is not None
@@ -320,6 +549,32 @@ class PgChangeSource:
                 raise
         changes: list[Change] = []
         self._deferred, self._deferred_keys = [], set()  # what a failed read left is gone with it
+        with self._lock:  # released while waiting on the socket (_wait_readable)
+            self._stream_into(changes, max_changes, deadline)
+        if self._halt is not None and not changes:
+            raise self._halt
+        # (without the lock: only the side connection, and it may take a while)
+        self._resolve_deferred(changes)
+        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream")
+
+    def _wait_readable(self, sock: int, seconds: float) -> bool:
+        """Whether the socket has data within ``seconds``; waits without the lock, so an
+        ack or a status update goes out meanwhile.  Called with the lock held."""
+        if seconds <= 0:
+            return bool(select.select([sock], [], [], 0)[0])
+        self._lock.release()
+        try:
+            return bool(select.select([sock], [], [], seconds)[0])
+        finally:
+            self._lock.acquire()
+
+    def _stream_into(self, changes: list[Change], max_changes: int, deadline: float) -> None:
+        """Decode the stream into ``changes`` until full, idle past ``deadline``, or halted (lock held)."""
+        if self._repl is None or not self._streaming:
+            raise SourceError(f"replication stream of slot {self.slot} is not open (the server ended it, "
+                              "or it was closed)")
+        pgconn = self._repl.pgconn
+        sock = pgconn.socket
         while len(changes) < max_changes and self._halt is None:
             nbytes, data = pgconn.get_copy_data(1)
             if nbytes == 0:
@@ -328,7 +583,7 @@ class PgChangeSource:
                     # Under a backlog more data is already in the kernel buffer:
                     # take it (no waiting) so batches grow; otherwise hand out
                     # what we have rather than wait.
-                    if select.select([pgconn.socket], [], [], 0)[0]:
+                    if self._wait_readable(sock, 0):
                         pgconn.consume_input()
                         continue
                     # ...but not between a transaction's last row and its
@@ -337,15 +592,14 @@ class PgChangeSource:
                     # separate messages); a batch cut before the COMMIT could
                     # not confirm that commit when written, and the slot would
                     # lag the written rows until the next idle read.
-                    if self._in_txn and select.select([pgconn.socket], [], [], COMMIT_WAIT_S)[0]:
+                    if self._in_txn and self._wait_readable(sock, COMMIT_WAIT_S):
                         pgconn.consume_input()
                         continue
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                ready, _, _ = select.select([pgconn.socket], [], [], min(remaining, STATUS_INTERVAL_S))
-                if ready:
+                if self._wait_readable(sock, min(remaining, self._status_interval)):
                     pgconn.consume_input()
                 continue
             if nbytes < 0:
@@ -364,10 +618,6 @@ class PgChangeSource:
                 continue
             self._received_lsn = max(self._received_lsn, msg.data_start)
             self._decode(msg.payload, changes)
-        if self._halt is not None and not changes:
-            raise self._halt
-        self._resolve_deferred(changes)
-        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream")
 
     def _decode(self, payload: bytes, out: list[Change]) -> None:
         event = self._decoder.decode(payload)
@@ -560,6 +810,8 @@ class PgChangeSource:
             params = [list(column) for column in zip(*texts)]  # one text[] per key column
             try:
                 rows = self._side.execute(sql, params).fetchall()
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise _no_read_privilege(exc) from None
             except psycopg.Error as exc:
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SourceError(f"reading the unchanged TOAST values of {spec.name} failed: {detail}") from exc
@@ -585,20 +837,26 @@ class PgChangeSource:
         """Confirm to the server that every change up to ``lsn`` is durably written.
 
         Only the coordinator calls this, and only after the writer returned for
-        every batch up to the one that carried ``lsn``.
+        every batch up to the one that carried ``lsn``.  It may run on another
+        thread than read_batch (the actor's control group) and is sent at once:
+        read_batch holds the lock only while it decodes, not while it waits.
+        Acks may arrive out of order (the piggybacked one of a read and a direct
+        one): only a higher position moves the slot, so the order does not matter.
         """
-        if lsn <= self._acked_lsn:
-            return
-        self._acked_lsn = lsn
-        if self._streaming:
-            self._send_status()
-            log.debug("slot %s confirmed up to %s", self.slot, format_lsn(lsn))
+        with self._lock:
+            if lsn <= self._acked_lsn:
+                return
+            self._acked_lsn = lsn
+            if self._streaming:
+                self._send_status()
+                log.debug("slot %s confirmed up to %s", self.slot, format_lsn(lsn))
 
     def _maybe_send_status(self) -> None:
-        if time.monotonic() - self._last_status >= STATUS_INTERVAL_S:
+        if time.monotonic() - self._last_status >= self._status_interval:
             self._send_status()
 
     def _send_status(self, reply: bool = False) -> None:
+        """Report the acknowledged position (the lock is held)."""
         if self._repl is None or not self._streaming:
             return
         pgconn = self._repl.pgconn
@@ -611,15 +869,19 @@ class PgChangeSource:
 
     def close(self) -> None:
         """Send a last status update and close every connection."""
-        try:
-            self._send_status()
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
-        for conn in (self._snapshot_conn, self._side, self._repl):
+        self._stop_keepalive()  # before taking the lock: the thread may be waiting for it
+        with self._lock:
+            try:
+                self._send_status()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self._streaming = False
+            conns, self._repl, self._side, self._snapshot_conn = (
+                (self._snapshot_conn, self._side, self._repl), None, None, None)
+        for conn in conns:
             if conn is not None:
                 try:
                     conn.close()
                 except Exception:  # noqa: BLE001
                     pass
-        self._repl = self._side = self._snapshot_conn = None
-        self._streaming = False
+        self._backfill = None

@@ -119,3 +119,16 @@ class ChangeBatch:
     def texts_to_embed(self) -> list[str]:
         """Texts of the upserts that need a vector, in batch order (what the embedder receives)."""
         return [c.text or "" for c in self.changes if c.op == "upsert" and not c.text_unchanged]
+
+
+@dataclass(slots=True)
+class EmbeddedVectors:
+    """What an embedding actor returns for a batch in which some texts failed to embed.
+
+    ``vectors`` has one row per text to embed (the failed rows are zeros and must
+    not be written); ``errors`` maps the failed rows' indexes to one error line
+    each.  A batch whose texts all embedded is returned as a plain array.
+    """
+
+    vectors: Any
+    errors: dict[int, str]

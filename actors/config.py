@@ -3,21 +3,52 @@
 Each component owns its settings model beside its code (``actors/source_config.py``,
 ``actors/embedder.py``, ``actors/sinks/<sink>/config.py``); ``cluster/config.py`` only
 composes them into the TOML file's sections.  This module is the common ground
-they stand on, so it imports nothing of the project.
+they stand on, so it imports nothing of the project but ``actors.logs`` (the secret registry).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from actors.logs import register_dsn, register_secret, scrub
 
 
 class Section(BaseModel):
-    """Base of every TOML section model: unknown keys are errors, assignments are validated."""
+    """Base of every TOML section model: unknown keys are errors, assignments are validated.
+
+    Secrets stay out of logs: every ``SecretStr`` value (whole, or the
+    password inside a DSN) and the password of any URL or DSN string is
+    registered with :func:`actors.logs.register_secret` when a section is
+    built or unpickled (in each Ray actor), and ``repr`` scrubs string values
+    (``https://user:***@host``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._register_secrets()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._register_secrets()
+
+    def _register_secrets(self) -> None:
+        for value in self.__dict__.values():
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not isinstance(plain, str):
+                continue
+            if "://" in plain or "password" in plain.lower():
+                register_dsn(plain)
+            elif isinstance(value, SecretStr):
+                register_secret(plain)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, scrub(value) if isinstance(value, str) else value
 
 
 #: Identifier rules for the names embedcluster itself creates or must pass to

@@ -27,6 +27,11 @@ from actors.config import Section
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+#: characters of a text the tokenizer reads per token of ``max_length``: a longer text is cut
+#: first (the model never sees beyond ``max_length`` tokens anyway), so a 100 MB text costs
+#: what a text of ``max_length`` tokens does (tokenizing the whole of 10 MB took 8 s and
+#: 1.4 GiB here); see :meth:`Embedder.tokenize`
+CHARS_PER_TOKEN = 32
 #: a forward pass is cut before padding exceeds this share of its tokens
 MAX_PADDING_FRACTION = 0.1  # 0.2 -> 0.1: +14 % sentences/s on mixed lengths (benchmarks/results/embed_knobs_ab.json)
 
@@ -274,9 +279,39 @@ class Embedder:
 
     # -- batching -------------------------------------------------------------
 
+    def _head(self, text: str, chars: int) -> str:
+        """The first ``chars`` characters of ``text``, ending before a whitespace when there is one in
+        the second half (a word cut in two could become other tokens; whole words keep theirs)."""
+        if len(text) <= chars:
+            return text
+        head = text[:chars]
+        end = max(head.rfind(c, chars // 2) for c in " \n\t\r")
+        return head[:end] if end > 0 else head
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
-        """Token ids per text, truncated to ``max_length``; returns (ids, truncated count)."""
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        """Token ids per text, truncated to ``max_length``; returns (ids, truncated count).
+
+        The tokenizer reads at most ``max_length * CHARS_PER_TOKEN`` characters
+        of a text (time and memory stay bounded for any text size).  The head
+        ends before a whitespace, so when it yields more than ``max_length``
+        tokens the first ``max_length`` are those of the whole text (a head
+        with no whitespace in its second half is cut mid-word: only its last
+        word can differ).  A head with fewer tokens (mostly whitespace, or
+        characters the tokenizer drops) is read again four times as long, up
+        to the whole text.
+        """
+        window = self.max_length * CHARS_PER_TOKEN
+        heads = [self._head(t, window) for t in texts]
+        encoded = self._encode(heads) if heads else []
+        for i, text in enumerate(texts):
+            chars = window
+            while len(heads[i]) < len(text) and len(encoded[i]) <= self.max_length:
+                chars *= 4
+                heads[i] = self._head(text, chars)
+                encoded[i] = self._encode([heads[i]])[0]
         truncated = 0
         out: list[list[int]] = []
         for ids in encoded:

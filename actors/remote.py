@@ -17,19 +17,26 @@ import numpy as np
 import ray
 
 from actors.cdc_reader import PgChangeSource
-from actors.changes import ChangeBatch
+from actors.changes import ChangeBatch, EmbeddedVectors
 from actors.embedder import Embedder, EmbeddingConfig, model_workers
 from actors.sinks.base import SearchHit, StoredPoint, VectorPoint, open_sink
 from actors.source_schema import TableSpec
 from actors.writer import ApplyResult, Writer
-from actors.logs import setup_logging
+from actors.logs import error_line, setup_logging
 from actors.source_config import SourceConfig
 from actors.verify import OWNER_FILE
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, concurrency_groups={"control": 1})
 class CdcReaderActor:
-    """Owns the replication connection; hands out change batches in order."""
+    """Owns the replication connection; hands out change batches in order.
+
+    ``read_batch``, ``start``, ``close`` and ``slot_status`` run one at a time
+    (the default group: batches in order).  ``ack`` and ``position`` run in
+    their own group, beside a read in progress: an acknowledgement reaches the
+    server right after the write it confirms, instead of waiting behind the
+    read's timeout (``PgChangeSource`` serialises the connection with a lock).
+    """
 
     def __init__(self, source: SourceConfig, specs: dict[str, TableSpec], log_level: str = "INFO") -> None:
         setup_logging(log_level)
@@ -60,9 +67,11 @@ class CdcReaderActor:
         }
         return meta, batch
 
+    @ray.method(concurrency_group="control")
     def ack(self, lsn: int) -> None:
         self.source.ack(lsn)
 
+    @ray.method(concurrency_group="control")
     def position(self) -> dict[str, int]:
         return self.source.position()
 
@@ -114,9 +123,30 @@ class EmbeddingActor:
         return {"dimension": e.dimension, "device": str(e.device), "dtype": e.dtype_name, "max_length": e.max_length,
                 "workers": e.workers, "threads_per_worker": e.threads_per_worker}
 
-    def embed_batch(self, batch: ChangeBatch) -> np.ndarray | None:
+    def embed_batch(self, batch: ChangeBatch) -> np.ndarray | EmbeddedVectors | None:
+        """Vectors of the batch's texts to embed, in order.  When the model fails on the
+        batch, each text is embedded alone and those that still fail come back as errors
+        (:class:`~actors.changes.EmbeddedVectors`): the writer dead-letters them and
+        writes the rest, instead of the whole pipeline retrying one bad text forever."""
         texts = batch.texts_to_embed()
-        return self.embedder.embed(texts) if texts else None
+        if not texts:
+            return None
+        try:
+            return self.embedder.embed(texts)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing texts below
+            logging.getLogger(__name__).warning("embedding %d texts failed (%s); embedding them one by one",
+                                                len(texts), error_line(exc))
+        rows: list[np.ndarray | None] = []
+        errors: dict[int, str] = {}
+        for i, text in enumerate(texts):
+            try:
+                rows.append(self.embedder.embed([text])[0])
+            except Exception as exc:  # noqa: BLE001 - this text alone fails: a dead letter
+                rows.append(None)
+                errors[i] = error_line(exc, with_type=True)
+        dimension = next((len(r) for r in rows if r is not None), self.embedder.dimension)
+        vectors = np.stack([r if r is not None else np.zeros(dimension, dtype=np.float32) for r in rows])
+        return EmbeddedVectors(vectors, errors) if errors else vectors
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -133,9 +163,10 @@ class WriterActor:
     most one ``apply`` in flight, so batches are applied strictly in order.
     """
 
-    def __init__(self, sink: Any, slot: str, log_level: str = "INFO") -> None:
+    def __init__(self, sink: Any, slot: str, log_level: str = "INFO", retries: dict[str, Any] | None = None) -> None:
         setup_logging(log_level)
-        self.writer = Writer(open_sink(sink), slot)
+        # retries: Writer's max_attempts, max_dead_letters, max_retry_delay (from [pipeline])
+        self.writer = Writer(open_sink(sink), slot, **(retries or {}))
         self._owner = announce_owner(sink) if not self.writer.sink.shared else None
 
     def open(self, dimension: int) -> bool:
@@ -158,6 +189,11 @@ class WriterActor:
     @ray.method(concurrency_group="query")
     def stats(self) -> dict[str, Any]:
         return self.writer.stats()
+
+    @ray.method(concurrency_group="query")
+    def interrupt(self) -> None:
+        """End a write that waits for the sink (the pipeline stops): see ``Writer.interrupt``."""
+        self.writer.interrupt()
 
     @ray.method(concurrency_group="query")
     def text_hashes(self, point_ids: list[str]) -> dict[str, str]:
@@ -192,6 +228,14 @@ class WriterActor:
     @ray.method(concurrency_group="query")
     def get_state(self, name: str) -> dict[str, Any] | None:
         return self.writer.sink.get_state(name)
+
+    @ray.method(concurrency_group="query")
+    def list_states(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return self.writer.sink.list_states(prefix)
+
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
+        """A bookkeeping write outside the change stream (``embedcluster deadletter``), between two batches."""
+        self.writer.sink.set_state(name, value)
 
     def upsert_points(self, points: list[VectorPoint]) -> None:
         """A write outside the change stream (``verify --repair``).  In the default

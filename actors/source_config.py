@@ -102,6 +102,9 @@ class SourceConfig(Section):
     max_batch_changes: int = Field(default=256, ge=1, le=100_000)
     #: rows per primary-key chunk while backfilling existing rows
     backfill_chunk: int = Field(default=1000, ge=1, le=100_000)
+    #: WAL the slot may hold unconfirmed before ``status`` and ``/stats`` warn (and the log,
+    #: at most once a minute); 0 = never warn.  See README, max_slot_wal_keep_size.
+    max_lag_bytes: int = Field(default=1 << 30, ge=0)
 
     @field_validator("slot", "publication")
     @classmethod

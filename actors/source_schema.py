@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -33,7 +34,33 @@ log = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
-    """A problem with the source database; the message is one actionable line."""
+    """A problem with the source database; the message is one actionable line.
+
+    Plain ``SourceError`` while running is transient: the coordinator replays
+    from the slot (a restart of PostgreSQL, a dropped connection).
+    """
+
+
+class SourceFatal(SourceError):
+    """A source problem that retrying cannot fix, found after start-up: the run ends.
+
+    ``permanent`` (replaying from the slot cannot help) and ``fatal``: unlike a
+    schema change, which halts the pipeline and keeps search serving until the
+    config is fixed, nothing is left to serve for (no publication, no slot, the
+    slot taken or dropped by someone else), so ``embedcluster run`` exits
+    non-zero with this one line, which says what and how to fix it.
+    """
+
+    permanent = True
+    fatal = True
+
+
+class SourceBusy(SourceError):
+    """Held by someone else right now: the slot streamed by another process, every WAL
+    sender taken.  Our own previous process (or attempt) may be that someone, its
+    walsender exiting a moment after its connection is gone, so the reader retries for
+    a bounded time (``actors.cdc_reader.BUSY_WAIT_S``) and only then raises
+    :class:`SourceFatal` with this message."""
 
 
 class _BlankNone(string.Formatter):
@@ -265,6 +292,15 @@ def connect(dsn: str, masked: str, **kwargs: Any) -> psycopg.Connection:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "exceeds max_wal_senders" in str(exc):
+            # (SQLSTATE 53300, not exposed by libpq for a failed connection: the text it is)
+            limit = re.search(r"currently (\d+)", str(exc))
+            raise SourceBusy(
+                f"PostgreSQL at {masked} has no free WAL sender for the replication connection: all "
+                f"max_wal_senders = {limit.group(1) if limit else '?'} are in use; close a replication connection "
+                "no longer needed (SELECT pid, application_name FROM pg_stat_replication) or raise max_wal_senders "
+                "(needs a restart of PostgreSQL)"
+            ) from None
         if "password authentication failed" in str(exc) or "no password supplied" in str(exc):
             fix = "check the user and password in source.dsn (or EMBEDCLUSTER_SOURCE_DSN)"
         elif "does not exist" in str(exc):
@@ -491,11 +527,13 @@ def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[
         "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone()
     if row is None:
-        conn.execute(f'CREATE PUBLICATION "{publication}" FOR TABLE {quoted} WITH (publish_via_partition_root = true)')
+        create = f'CREATE PUBLICATION "{publication}" FOR TABLE {quoted} WITH (publish_via_partition_root = true)'
+        _publication_ddl(conn, create, f"cannot create publication {publication}", "the owner of the tables")
         log.info("created publication %s for %s", publication, ", ".join(tables))
         return
     if not row[1]:
-        conn.execute(f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true)')
+        _publication_ddl(conn, f'ALTER PUBLICATION "{publication}" SET (publish_via_partition_root = true)',
+                         f"cannot change publication {publication}", "its owner")
         log.info("publication %s now publishes partitions under their partitioned table", publication)
     current = {
         qualified_name(s, t)
@@ -504,8 +542,25 @@ def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[
         ).fetchall()
     }
     if row[0] or current != set(tables):
-        conn.execute(f'ALTER PUBLICATION "{publication}" SET TABLE {quoted}')
+        _publication_ddl(conn, f'ALTER PUBLICATION "{publication}" SET TABLE {quoted}',
+                         f"cannot point publication {publication} at the configured tables", "its owner")
         log.info("publication %s now covers %s", publication, ", ".join(tables))
+
+
+def _publication_ddl(conn: psycopg.Connection, statement: str, what: str, who: str) -> None:
+    """Run ``statement``; a refusal for lack of privilege is :class:`SourceFatal`.
+
+    Retrying cannot grant a privilege: the line names the statement to run once
+    as someone who may (after that the pipeline's user needs no such right).
+    """
+    try:
+        conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        detail = (exc.diag.message_primary or str(exc)).strip()
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise SourceFatal(
+            f"{what}: {detail} (user {user}); run it once as {who} or a superuser: {statement}"
+        ) from None
 
 
 def drop_publication(conn: psycopg.Connection, publication: str) -> bool:
@@ -539,12 +594,30 @@ def drop_slot(conn: psycopg.Connection, slot: str) -> bool:
     if row is None:
         return False
     if row[0] is not None:
-        raise SourceError(
-            f"replication slot {slot} is in use by process {row[0]}; stop the embedcluster run using it, "
-            "or choose another source.slot"
+        raise SourceBusy(
+            f"replication slot {slot} is in use by process {row[0]}{slot_holder(conn, row[0])}; stop the "
+            "embedcluster run (or other client) using it, or choose another source.slot"
         )
-    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    try:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    except psycopg.errors.ObjectInUse as exc:  # taken between the two statements
+        raise SourceBusy(f"replication slot {slot} is in use: {exc.diag.message_primary}; stop the client "
+                         "using it, or choose another source.slot") from None
     return True
+
+
+def slot_holder(conn: psycopg.Connection, pid: int) -> str:
+    """`` (application_name, client address)`` of backend ``pid`` for a message, or ``""``."""
+    try:
+        row = conn.execute(
+            "SELECT application_name, client_addr::text FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+    except psycopg.Error:
+        return ""
+    if row is None:
+        return ""
+    parts = [p for p in (row[0], row[1]) if p]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @dataclass(slots=True)
@@ -554,6 +627,11 @@ class SlotInfo:
     confirmed_lsn: int | None
     current_lsn: int
     active: bool
+    #: pg_replication_slots.wal_status (reserved, extended, unreserved, lost) and
+    #: safe_wal_size: bytes of WAL left before max_slot_wal_keep_size invalidates the
+    #: slot (None when unlimited)
+    wal_status: str | None = None
+    safe_wal_size: int | None = None
 
     @property
     def lag_bytes(self) -> int | None:
@@ -568,8 +646,45 @@ def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo:
 
     current = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]) or 0
     row = conn.execute(
-        "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        "SELECT confirmed_flush_lsn::text, active, wal_status, safe_wal_size FROM pg_replication_slots "
+        "WHERE slot_name = %s",
+        (slot,),
     ).fetchone()
     if row is None:
         return SlotInfo(slot, False, None, current, False)
-    return SlotInfo(slot, True, parse_lsn(row[0]), current, bool(row[1]))
+    return SlotInfo(slot, True, parse_lsn(row[0]), current, bool(row[1]), row[2],
+                    None if row[3] is None else int(row[3]))
+
+
+def format_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``: sizes of WAL for people."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def lag_warning(info: SlotInfo, max_lag_bytes: int) -> str | None:
+    """One line when the slot holds more unconfirmed WAL than ``source.max_lag_bytes``
+    (0: never), else None; ``embedcluster status`` and ``/stats`` show it.
+
+    PostgreSQL keeps every WAL segment from the slot's restart position on, so a
+    slot that stops advancing (pipeline down, stalled or far behind) fills the
+    source's disk, or, with ``max_slot_wal_keep_size`` set, gets invalidated
+    once past it, and the pipeline then has to index everything again.
+    """
+    if info.wal_status == "lost":
+        return (f"slot {info.slot} was invalidated by PostgreSQL (it fell more than max_slot_wal_keep_size behind): "
+                "the pipeline must index the tables again (embedcluster drop --config FILE --yes, then run)")
+    lag = info.lag_bytes
+    if not max_lag_bytes or lag is None or lag <= max_lag_bytes:
+        return None
+    line = (f"slot {info.slot} is {format_bytes(lag)} behind the server, above source.max_lag_bytes = "
+            f"{format_bytes(max_lag_bytes)}: PostgreSQL keeps that WAL on disk until the pipeline confirms it; "
+            "check that embedcluster run is running and keeping up")
+    if info.safe_wal_size is not None:
+        line += (f"; {format_bytes(max(0, info.safe_wal_size))} more and max_slot_wal_keep_size invalidates the "
+                 "slot (then everything is indexed again)")
+    return line

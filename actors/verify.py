@@ -424,6 +424,15 @@ class Verifier:
             for diff in group:
                 table.repaired[diff.kind] += 1
 
+    def repair(self, spec: TableSpec, keys: dict[str, list[Any]]) -> None:
+        """Write the current rows of ``keys`` (point id -> key) through the normal write path,
+        delete the points of keys whose row is gone (``embedcluster deadletter retry``)."""
+        if self.embed is None:
+            raise VerifyError("a repair needs the embedding model (embed)")
+        deleted = self._rewrite(spec, keys, delete=True)
+        if deleted:
+            self._rewrite(spec, deleted, delete=False)  # see _repair_keys
+
     def _rewrite(self, spec: TableSpec, keys: dict[str, list[Any]], delete: bool) -> dict[str, list[Any]]:
         """Write the current rows of ``keys`` (locked while written); delete the points of absent
         ones when ``delete``.  Returns the deleted point ids and keys."""

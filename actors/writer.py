@@ -2,27 +2,51 @@
 
 ``Writer`` is a plain class; ``actors.remote.WriterActor`` wraps it.  It is
 the only component that writes vectors, so it also records the pipeline's
-bookkeeping (backfill completion) in the sink, in the same order as the data.
+bookkeeping (backfill completion, the position, dead letters) in the sink, in
+the same order as the data.
+
+When a write fails, the writer tells a sink outage from a bad change by asking
+the sink (``ping``):
+
+* the sink does not answer: an outage.  The same write is retried, with
+  exponential backoff and jitter capped at ``max_retry_delay`` (so it resumes
+  within seconds of the sink's return), for as long as it takes; nothing is
+  acknowledged meanwhile, the coordinator's window fills and the reader stops
+  reading (memory stays flat, PostgreSQL keeps the WAL).  ``interrupt`` ends the
+  wait when the pipeline stops.
+* the sink answers: the data is the problem.  The write is split in halves,
+  recursively, until the failing change(s) are alone; the others are written.
+  A change that fails alone ``max_attempts`` times is recorded as a dead letter
+  (``actors.deadletter``) and the batch completes, so the slot moves on.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from actors.changes import ChangeBatch, format_lsn, point_id
+from actors.changes import ChangeBatch, EmbeddedVectors, format_lsn, point_id
 from actors.changes import text_hash as hash_text
-from actors.sinks.base import VectorPoint, VectorSink
+from actors.deadletter import DeadLetter, DeadLetters
+from actors.logs import error_line
+from actors.retry import Backoff
+from actors.sinks.base import MissingPointError, VectorPoint, VectorSink
 
 log = logging.getLogger(__name__)
 
 
 class OrderingError(RuntimeError):
     """A batch arrived out of sequence: applying it could break commit order."""
+
+
+class WriteInterrupted(RuntimeError):
+    """The pipeline is stopping while a write waits for the sink: the batch stays unacknowledged
+    (it is replayed from the slot on the next start)."""
 
 
 @dataclass(slots=True)
@@ -33,6 +57,9 @@ class ApplyResult:
     deletes: int
     snapshot_complete: bool
     seconds: float
+    #: changes of this batch set aside as dead letters, and how many the store holds now
+    dead_lettered: int = 0
+    dead_letters: int = 0
 
 
 def state_name(slot: str) -> str:
@@ -42,18 +69,33 @@ def state_name(slot: str) -> str:
 class Writer:
     """Applies batches to ``sink``; every call returns only once the writes are durable."""
 
-    def __init__(self, sink: VectorSink, slot: str) -> None:
+    def __init__(self, sink: VectorSink, slot: str, max_attempts: int = 3, max_dead_letters: int = 1000,
+                 max_retry_delay: float = 5.0) -> None:
         self.sink = sink
+        # a sink's own retries end soon: the outage is waited out (and shown) here, interruptibly
+        sink.bound_retries(max(2 * max_retry_delay, 5.0))
         self.slot = slot
+        self.max_attempts = max(1, int(max_attempts))
+        self.deadletters = DeadLetters(sink, slot, max_dead_letters)
+        self.dead_lettered = 0
+        self._outage = Backoff(0.2, max_retry_delay)
+        self._poison = Backoff(0.05, min(1.0, max_retry_delay))
+        # set by interrupt() (another thread): a waiting retry gives up
+        self._interrupt = threading.Event()
+        #: since when the sink does not answer (None: it does)
+        self.unavailable_since: float | None = None
+        self.outages = 0
+        # point id -> (table, key, lsn) of the batch being applied (for dead letters)
+        self._origin: dict[str, tuple[str, list[Any], int]] = {}
         self.last_seq = 0
         self.rows_applied = 0
         self.upserts = 0
         self.deletes = 0
         self.last_commit_lsn = 0
         self.payload_only_updates = 0
-        # ids that were in the sink before a (re-)backfill and have not been
-        # seen in the snapshot yet: deleted when the snapshot completes
-        self._stale: dict[str, set[str]] | None = None
+        # the generation the backfill in progress stamps its points with (None: streaming);
+        # the points of its tables with another one are gone from the source (see _complete_backfill)
+        self._generation: int | None = None
         self._backfill_tables: list[str] = []
         self._identity: dict[str, Any] = {}
         # the slot's state document once its backfill is complete; its
@@ -68,8 +110,15 @@ class Writer:
         were queued before this call have already run (calls from the
         coordinator execute in order), so nothing old can follow.
         """
+        self._interrupt.clear()
         self.sink.ensure_ready(dimension)
+        self.deadletters.load()
         self.last_seq = 0
+
+    def interrupt(self) -> None:
+        """Stop waiting for the sink (called from another thread when the pipeline stops);
+        the write in progress raises :class:`WriteInterrupted`, unacknowledged."""
+        self._interrupt.set()
 
     def backfill_state(self) -> dict[str, Any] | None:
         """The slot's state document in the store (None before a backfill completed).
@@ -83,23 +132,23 @@ class Writer:
         return self._state
 
     def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None) -> None:
-        """Forget the old completion marker and note which stored points may be stale.
+        """Forget the old completion marker and choose the snapshot's generation.
 
-        Called before a fresh snapshot is read.  Points already in the sink
-        (from an earlier, interrupted run) that the snapshot does not contain
-        were deleted at the source meanwhile: they are removed at the end.
+        Called before a fresh snapshot is read.  Every snapshot row is written
+        stamped with a new generation; points already in the sink (from an
+        earlier run) that the snapshot does not contain were deleted at the
+        source meanwhile, and are removed at the end by their older generation,
+        on the store's side: nothing here lists the stored ids.
         """
+        previous = self.sink.get_state(state_name(self.slot)) or {}
         self.sink.set_state(state_name(self.slot), None)
         self._state = None
         self._identity = dict(identity or {})
         self._backfill_tables = list(tables)
         self._publication = publication
-        self._stale = {}
-        for table in tables:
-            ids = {p.id for p in self.sink.iter_points(table)}
-            if ids:
-                self._stale[table] = ids
-                log.info("slot %s: %d stored points of %s will be checked against the snapshot", self.slot, len(ids), table)
+        # microseconds since the epoch: above any generation an earlier backfill used (even one of
+        # another writer process), and still above the one recorded should the clock step back
+        self._generation = max(time.time_ns() // 1000, int(previous.get("generation") or 0) + 1)
         # the writer may be restarted between snapshots; sequence numbers restart too
         self.last_seq = 0
 
@@ -112,23 +161,28 @@ class Writer:
         if batch.seq <= self.last_seq:
             raise OrderingError(f"batch {batch.seq} after batch {self.last_seq} on slot {self.slot}")
         embedded = [c for c in batch.changes if c.op == "upsert" and not c.text_unchanged]
+        embed_errors: dict[int, str] = {}
+        if isinstance(vectors, EmbeddedVectors):
+            vectors, embed_errors = vectors.vectors, vectors.errors
         if embedded and (vectors is None or len(vectors) != len(embedded)):
             got = 0 if vectors is None else len(vectors)
             raise ValueError(f"batch {batch.seq}: {len(embedded)} texts to embed but {got} vectors")
         # point id -> ("upsert" | "payload", point) or None for a delete; the
         # last change per key wins, so the three sets written below are disjoint
         pending: dict[str, tuple[str, VectorPoint] | None] = {}
+        self._origin = {}
+        failed: list[DeadLetter] = []  # texts the model could not embed
         n_up = n_del = 0
         vector_index = 0
         for change in batch.changes:
             if change.op == "truncate":
                 self._flush(pending)
                 pending = {}
-                ids = [p.id for p in self.sink.iter_points(change.table)]
-                self.sink.delete(ids)
-                n_del += len(ids)
+                # on the store's side, in bounded chunks: no id of the table is listed here
+                n_del += self.sink.delete_table(change.table)
                 continue
             pid = point_id(change.table, change.key)
+            self._origin[pid] = (change.table, list(change.key), change.lsn)
             if change.op == "delete":
                 pending[pid] = None
                 n_del += 1
@@ -137,25 +191,41 @@ class Writer:
                 point = VectorPoint(
                     id=pid, table=change.table, key=list(change.key), vector=None, text=text,
                     text_hash=hash_text(text), payload=change.payload or {},
+                    # between begin_backfill and the snapshot's last batch only snapshot rows arrive
+                    generation=self._generation or 0,
                 )
                 previous = pending.get(pid)
                 if not change.text_unchanged:
                     assert vectors is not None
                     point.vector = vectors[vector_index]
+                    error = embed_errors.get(vector_index)
                     vector_index += 1
+                    if error is not None:
+                        # the model failed on this text alone: its retry budget was spent there
+                        pending.pop(pid, None)
+                        failed.append(DeadLetter(pid, change.table, list(change.key), "upsert", change.lsn,
+                                                 f"embedding failed: {error}", self.max_attempts))
+                        continue
                     pending[pid] = ("upsert", point)
                 elif previous is not None and previous[0] == "upsert":
                     # same text as an upsert earlier in this batch: keep its vector
                     point.vector = previous[1].vector
                     pending[pid] = ("upsert", point)
+                elif pid in self.deadletters.ids and self.deadletters.holds(pid):
+                    # its point is not stored (its upsert was set aside): a payload update cannot
+                    # apply; the record stays, and `deadletter retry` writes the current row
+                    self.deadletters.touch(pid, change.lsn)
+                    pending.pop(pid, None)
+                    continue
                 else:
                     pending[pid] = ("payload", point)
                 n_up += 1
-            if self._stale is not None and change.table in self._stale:
-                self._stale[change.table].discard(pid)
             if change.lsn:
                 self.last_commit_lsn = max(self.last_commit_lsn, change.lsn)
-        self._flush(pending)
+        dead = self._flush(pending)
+        for letter in failed:
+            self._dead_letter(letter)
+        dead += len(failed)
         if batch.snapshot_complete:
             self._complete_backfill(batch.ack_lsn)
         else:
@@ -170,21 +240,98 @@ class Writer:
                 "slot %s: batch %d applied (%d upserts, %d deletes, ack %s) in %.1f ms",
                 self.slot, batch.seq, n_up, n_del, format_lsn(batch.ack_lsn), seconds * 1000,
             )
-        return ApplyResult(batch.seq, batch.ack_lsn, n_up, n_del, batch.snapshot_complete, seconds)
+        return ApplyResult(batch.seq, batch.ack_lsn, n_up, n_del, batch.snapshot_complete, seconds,
+                           dead_lettered=dead, dead_letters=len(self.deadletters))
 
-    def _flush(self, pending: dict[str, tuple[str, VectorPoint] | None]) -> None:
+    def _flush(self, pending: dict[str, tuple[str, VectorPoint] | None]) -> int:
+        """Write ``pending``; returns how many of its changes became dead letters."""
         # Only the last change per key survives in `pending`, so the three sets
         # are disjoint and their relative order is irrelevant.
         deletes = [pid for pid, p in pending.items() if p is None]
         points = [p[1] for p in pending.values() if p is not None and p[0] == "upsert"]
         payload_only = [p[1] for p in pending.values() if p is not None and p[0] == "payload"]
+        dead = 0
         if deletes:
-            self.sink.delete(deletes)
+            dead += self._write("delete", deletes, self.sink.delete, lambda pid: pid)
         if points:
-            self.sink.upsert(points)
+            dead += self._write("upsert", points, self.sink.upsert, lambda p: p.id)
         if payload_only:
-            self.sink.update_payloads(payload_only)
+            dead += self._write("payload", payload_only, self.sink.update_payloads, lambda p: p.id)
             self.payload_only_updates += len(payload_only)
+        return dead
+
+    # -- failures: outages wait, bad changes are isolated and set aside -----------------------
+
+    def _write(self, op: str, items: Sequence[Any], write: Callable[[Sequence[Any]], None],
+               id_of: Callable[[Any], str]) -> int:
+        """``write(items)``, durable on return, however long the sink is away; a change that
+        fails on its own ``max_attempts`` times is dead-lettered.  Returns the dead letters."""
+        attempts = 0
+        while True:
+            try:
+                write(items)
+            except MissingPointError:
+                raise  # the coordinator replays from the slot and embeds the row again
+            except Exception as exc:  # noqa: BLE001 - classified below: outage or bad data
+                if self._interrupt.is_set():
+                    raise WriteInterrupted(f"stopped while writing to the sink: {error_line(exc)}") from None
+                if not getattr(exc, "permanent", False) and not self._sink_answers():
+                    self._wait_for_sink(op, len(items), exc)
+                    continue
+                # The sink answers, so this data is the problem: isolate it.
+                if len(items) > 1:
+                    mid = len(items) // 2
+                    log.warning("slot %s: %s of %d points failed (%s); writing it in halves to find the failing "
+                                "change", self.slot, op, len(items), error_line(exc))
+                    return (self._write(op, items[:mid], write, id_of)
+                            + self._write(op, items[mid:], write, id_of))
+                attempts += 1
+                if attempts >= self.max_attempts or getattr(exc, "permanent", False):
+                    pid = id_of(items[0])
+                    table, key, lsn = self._origin.get(pid, ("?", [], 0))
+                    self._dead_letter(DeadLetter(pid, table, key, op, lsn, error_line(exc), attempts))
+                    return 1
+                if self._interrupt.wait(self._poison.next()):
+                    raise WriteInterrupted("stopped while retrying a failing change") from None
+                continue
+            self._recovered()
+            self._poison.reset()
+            if self.deadletters.ids:
+                self.deadletters.resolve(id_of(i) for i in items)
+            return 0
+
+    def _sink_answers(self) -> bool:
+        try:
+            self.sink.ping()
+            return True
+        except Exception:  # noqa: BLE001 - any failure to answer is an outage
+            return False
+
+    def _wait_for_sink(self, op: str, count: int, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.unavailable_since is None:
+            self.unavailable_since = now
+            self.outages += 1
+        delay = self._outage.next()
+        log.warning("slot %s: the sink is not answering (%s); %s of %d points retried in %.1f s (down for %.0f s, "
+                    "nothing acknowledged meanwhile)", self.slot, error_line(exc), op, count, delay,
+                    now - self.unavailable_since)
+        if self._interrupt.wait(delay):
+            raise WriteInterrupted(f"stopped while the sink was not answering: {error_line(exc)}") from None
+
+    def _recovered(self) -> None:
+        if self.unavailable_since is not None:
+            log.info("slot %s: the sink answers again after %.1f s", self.slot, time.monotonic() - self.unavailable_since)
+            self.unavailable_since = None
+        self._outage.reset()  # the next outage starts from the short delay again
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        # Recorded (durably) before this batch's position is, so the slot never
+        # moves past a change that is neither in the index nor set aside.
+        self.deadletters.record(letter)
+        self.dead_lettered += 1
+        log.error("slot %s: %s of %s key %s dead-lettered after %d attempts: %s (`embedcluster deadletter list`)",
+                  self.slot, letter.op, letter.table, letter.key, letter.attempts, letter.error)
 
     def _record_position(self, lsn: int | None) -> None:
         """Record in the store that it reflects every change up to ``lsn``.
@@ -203,12 +350,16 @@ class Writer:
 
     def _complete_backfill(self, position: int | None) -> None:
         removed = 0
-        for table, ids in (self._stale or {}).items():
-            if ids:
-                self.sink.delete(sorted(ids))
-                removed += len(ids)
-                log.info("slot %s: removed %d points of %s that are gone from the source", self.slot, len(ids), table)
-        self._stale = None
+        generation = self._generation
+        if generation:
+            for table in self._backfill_tables:
+                # every row of the snapshot was written with this generation: a point with
+                # another one has no row any more (deleted while nothing was replicating)
+                gone = self.sink.delete_table_except_generation(table, generation)
+                if gone:
+                    removed += gone
+                    log.info("slot %s: removed %d points of %s that are gone from the source", self.slot, gone, table)
+        self._generation = None
         # Written after every snapshot row: a crash before this line means the
         # next start takes a fresh snapshot instead of trusting a partial one.
         state = {
@@ -216,6 +367,7 @@ class Writer:
             "tables": sorted(self._backfill_tables),
             "completed_at": time.time(),
             "stale_removed": removed,
+            "generation": generation or 0,
             "identity": self._identity,
             # the snapshot's position: every change up to it is in the store now
             "position": position or 0,
@@ -230,6 +382,9 @@ class Writer:
             "upserts": self.upserts,
             "deletes": self.deletes,
             "payload_only_updates": self.payload_only_updates,
+            "dead_letters": len(self.deadletters),
+            "dead_lettered": self.dead_lettered,
+            "sink_unavailable_s": None if self.unavailable_since is None else round(time.monotonic() - self.unavailable_since, 1),
             "last_batch": self.last_seq,
             "last_commit_lsn": format_lsn(self.last_commit_lsn or None),
         }

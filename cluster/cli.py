@@ -65,6 +65,8 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         stats = runtime.run(config, log_level, on_ready=ready)
     except runtime.StartupError as exc:
         fail(str(exc))
+    except runtime.PipelineFailed as exc:
+        fail(str(exc), code=1)  # an error retrying cannot fix: its own line says what and how
     except runtime.PipelineLost as exc:
         fail(f"the pipeline coordinator stopped: {exc}", code=1)
     if stats is None:
@@ -147,7 +149,7 @@ def demo(ctx: click.Context, port: int, state_dir: str, pg_port: int) -> None:
 def status(config_path: str) -> None:
     """Slot name, confirmed LSN, lag in bytes, rows applied."""
     from actors.changes import format_lsn
-    from actors.source_schema import SourceError, connect, slot_info
+    from actors.source_schema import SourceError, connect, lag_warning, slot_info
 
     config = _load(config_path)
     try:
@@ -158,12 +160,16 @@ def status(config_path: str) -> None:
     rows: Any = "unknown (pipeline not running)"
     state = "not running"
     last_error = None
+    dead_letters: Any = None
     try:
         url = f"http://{config.serve.host}:{config.serve.port}/stats"
-        with urllib.request.urlopen(url, timeout=3) as resp:
+        key = config.serve.api_key.get_secret_value() if config.serve.api_key else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as resp:
             stats = json.load(resp)
         rows, state = stats.get("rows_applied"), stats.get("state")
-        if state in ("halted", "recovering"):
+        dead_letters = stats.get("dead_letters")
+        if state in ("halted", "recovering", "failed"):
             last_error = stats.get("last_error")
     except Exception:  # noqa: BLE001 - the pipeline is simply not up
         pass
@@ -172,10 +178,16 @@ def status(config_path: str) -> None:
     click.echo(f"confirmed LSN: {format_lsn(info.confirmed_lsn)}")
     click.echo(f"server LSN:    {format_lsn(info.current_lsn)}")
     click.echo(f"lag bytes:     {info.lag_bytes if info.lag_bytes is not None else '-'}")
+    lagging = lag_warning(info, config.source.max_lag_bytes)  # from the slot itself: also with no pipeline
+    if lagging:
+        click.echo(f"warning:       {lagging}")
     click.echo(f"pipeline:      {state}")
     if last_error:
         click.echo(f"error:         {last_error}")
     click.echo(f"rows applied:  {rows}")
+    if dead_letters is not None:
+        hint = " (embedcluster deadletter list)" if dead_letters else ""
+        click.echo(f"dead letters:  {dead_letters}{hint}")
 
 
 @main.command()
@@ -237,11 +249,91 @@ def forget(config_path: str, table: str, yes: bool) -> None:
     click.echo(f"deleted {removed} points of {table}")
 
 
+def _key_option(key: str | None) -> list[Any] | None:
+    """``--key`` as JSON: ``5``, ``"abc"`` or ``["eu", 7]`` for a composite key."""
+    if key is None:
+        return None
+    try:
+        value = json.loads(key)
+    except ValueError:
+        value = key  # a bare text key
+    return value if isinstance(value, list) else [value]
+
+
+@main.group()
+def deadletter() -> None:
+    """Changes the sink kept rejecting, set aside so the slot moves on: list, retry, drop."""
+
+
+def _deadletter_options(fn: Any) -> Any:
+    fn = click.option("--key", default=None, help='only this key, as JSON (5, "abc", ["eu", 7])')(fn)
+    fn = click.option("--table", default=None, help="only this table's")(fn)
+    return click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))(fn)
+
+
+@deadletter.command(name="list")
+@_deadletter_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (for scripts)")
+def deadletter_list(config_path: str, table: str | None, key: str | None, as_json: bool) -> None:
+    """Every dead letter: table, key, operation, LSN, attempts, first and last seen, the error."""
+    from cluster import deadletter as letters
+    from cluster.verify import VerifyError
+
+    config = _load(config_path)
+    try:
+        found = letters.letters(config, table, _key_option(key))
+    except VerifyError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([d.as_doc() for d in found], default=str))
+    else:
+        click.echo("\n".join(letters.format_letters(found)))
+
+
+@deadletter.command(name="retry")
+@_deadletter_options
+def deadletter_retry(config_path: str, table: str | None, key: str | None) -> None:
+    """Write the current rows of the dead-lettered keys; exit 1 when some still fail."""
+    from cluster import deadletter as letters
+    from cluster.verify import VerifyError
+
+    config = _load(config_path)
+    try:
+        report = letters.retry(config, table, _key_option(key))
+    except VerifyError as exc:
+        fail(str(exc))
+    for d in report.failed:
+        click.echo(f"still failing: {d.table} {json.dumps(d.key, default=str)}: {d.error}")
+    click.echo(f"{len(report.resolved)} dead letters resolved, {len(report.failed)} still failing")
+    sys.exit(1 if report.failed else 0)
+
+
+@deadletter.command(name="drop")
+@_deadletter_options
+@click.option("--yes", is_flag=True, help="really give the changes up")
+def deadletter_drop(config_path: str, table: str | None, key: str | None, yes: bool) -> None:
+    """Remove dead letters (their changes are given up; verify still reports the keys)."""
+    from cluster import deadletter as letters
+    from cluster.verify import VerifyError
+
+    config = _load(config_path)
+    if not yes:
+        fail("this gives up the dead-lettered changes (verify --repair or deadletter retry would write them); "
+             "pass --yes to confirm")
+    try:
+        dropped = letters.drop(config, table, _key_option(key))
+    except VerifyError as exc:
+        fail(str(exc))
+    click.echo(f"dropped {len(dropped)} dead letters")
+
+
 _BENCH_MODULES = {
     "embed": ("benchmarks.bench_embed", "embedding throughput: one-per-call vs sentence-transformers vs our actor pool"),
     "pipeline": ("benchmarks.bench_pipeline", "end-to-end rows/s, efficiency and commit->searchable latency"),
     "cdc": ("benchmarks.bench_cdc", "changes/s the CDC reader decodes from a real slot (no model, no sink)"),
     "writer": ("benchmarks.bench_writer", "upsert rows/s into a private MariaDB for batch sizes 64..1024"),
+    "confirm": ("benchmarks.bench_confirm", "commit -> in sink and commit -> slot confirmed latency, p50/p99"),
+    "memory": ("benchmarks.bench_memory", "RSS of every Ray actor over a 200k-row backfill and a sink outage"),
     "sizing": ("benchmarks.sizing", "actors/GPUs needed for a target rows/s, and backfill time"),
 }
 

@@ -29,7 +29,7 @@ from actors.embedder import EmbeddingConfig
 from actors.sinks.mysql.config import MySQLSinkConfig
 from actors.sinks.qdrant.config import QdrantSinkConfig
 from actors.source_config import SourceConfig, TableConfig
-from serve_apps.config import ServeConfig
+from serve_apps.config import ENV_API_KEY, ServeConfig
 
 __all__ = [
     "Config", "ConfigError", "EmbeddingConfig", "MySQLSinkConfig", "PipelineConfig", "QdrantSinkConfig",
@@ -40,6 +40,7 @@ __all__ = [
 ENV_SOURCE_DSN = "EMBEDCLUSTER_SOURCE_DSN"
 ENV_SINK_PASSWORD = "EMBEDCLUSTER_SINK_PASSWORD"
 ENV_SINK_URL_API_KEY = "EMBEDCLUSTER_QDRANT_API_KEY"
+ENV_SERVE_API_KEY = ENV_API_KEY  # EMBEDCLUSTER_API_KEY: [serve] api_key
 
 #: ``[sink] kind`` -> its settings model.  A new sink adds one line here.
 SINK_KINDS: dict[str, type[Section]] = {"qdrant": QdrantSinkConfig, "mysql": MySQLSinkConfig}
@@ -71,6 +72,17 @@ class PipelineConfig(Section):
     #: backup, another store, a re-created slot) is never resumed: "backfill"
     #: indexes the tables again from a fresh snapshot, "refuse" stops with one line
     on_store_behind: Literal["backfill", "refuse"] = "backfill"
+    #: times a change that fails on its own is written before it becomes a dead letter
+    write_attempts: int = Field(default=3, ge=1, le=100)
+    #: dead letters the store may hold; past it the pipeline stops on purpose (a systematic error)
+    max_dead_letters: int = Field(default=1000, ge=1, le=1_000_000)
+    #: longest wait between retries (sink outage, failed attempt): the pipeline resumes this soon after a return
+    max_retry_delay_s: float = Field(default=5.0, gt=0, le=300)
+
+    def writer_retries(self) -> dict[str, Any]:
+        """The writer's retry settings (``actors.writer.Writer`` keyword arguments)."""
+        return {"max_attempts": self.write_attempts, "max_dead_letters": self.max_dead_letters,
+                "max_retry_delay": self.max_retry_delay_s}
 
 
 class Config(Section):
@@ -164,6 +176,8 @@ def config_from_dict(data: dict[str, Any], origin: str = "config", environ: dict
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if env.get(ENV_SOURCE_DSN) and isinstance(data.setdefault("source", {}), dict):
         data["source"]["dsn"] = env[ENV_SOURCE_DSN]
+    if env.get(ENV_SERVE_API_KEY) and isinstance(data.setdefault("serve", {}), dict):
+        data["serve"]["api_key"] = env[ENV_SERVE_API_KEY]
     sink = data.get("sink")
     if sink is None or isinstance(sink, dict):
         # A secret in the environment belongs to one kind of sink only: the

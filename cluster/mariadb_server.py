@@ -229,6 +229,22 @@ class MariaDBServer:
             self._log_file = None
         self._cleanup_dir()
 
+    def halt(self, timeout_s: float = 30.0) -> None:
+        """Stop the server but keep its data and port (an outage; :meth:`relaunch` ends it)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def relaunch(self) -> "MariaDBServer":
+        """Start the halted server again, same data directory and port."""
+        if self._proc is None:
+            self._launch(find_binary("mariadbd", "mysqld"))
+        return self
+
     def _cleanup_dir(self) -> None:
         if self._dir is not None and not self.keep_datadir:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -19,7 +19,8 @@ import ray
 
 from actors.changes import format_lsn
 from actors.logs import error_line, setup_logging
-from actors.source_schema import connect, slot_info
+from actors.retry import Backoff
+from actors.source_schema import connect, lag_warning, slot_info
 from cluster.config import Config
 from cluster.flow import Ack, Action, Apply, Embed, Entry, FlowControl, Read
 
@@ -29,7 +30,7 @@ NAMESPACE = "embedcluster"
 PIPELINE_ACTOR = "pipeline"
 WRITER_ACTOR = "writer"
 READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
-MAX_RETRY_DELAY_S = 30.0
+LAG_WARNING_INTERVAL_S = 60.0  # at most one WARNING a minute while the slot lags past source.max_lag_bytes
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -41,6 +42,24 @@ def is_permanent(exc: BaseException) -> bool:
         if cause is None or cause is exc:
             return False
         exc = cause
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error a Ray call wraps) must end the run (``fatal = True``):
+    permanent, and nothing is left to serve for (no publication, the slot taken or
+    dropped by someone else).  A schema change is permanent but not fatal: the
+    pipeline halts and search keeps serving until the config is fixed."""
+    while True:
+        if getattr(exc, "fatal", False):
+            return True
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            return False
+        exc = cause
+
+
+#: the coordinator's state after a fatal error: ``embedcluster run`` exits with ``last_error``
+FAILED = "failed"
 
 
 class StoreBehind(RuntimeError):
@@ -94,9 +113,14 @@ class PipelineCoordinator:
         # notified whenever acked_lsn advances (wait_acked)
         self._acked_changed = threading.Condition()
         self.errors = 0
-        self._slot_stats: dict[str, Any] = {"confirmed_lsn": None, "lag_bytes": None}
+        #: changes set aside by the writer (in the store now; see actors/deadletter.py)
+        self.dead_letters = 0
+        self._slot_stats: dict[str, Any] = {"confirmed_lsn": None, "lag_bytes": None, "lag_warning": None}
         self._stats_conn = None
         self._stats_at = 0.0
+        self._stats_lock = threading.Lock()  # stats() may refresh too, from the actor's other threads
+        self._lag_warned_at: float | None = None  # last WARNING about the lag (at most one a minute)
+        self._stats_failing = False  # the slot status could not be read last time (warned once)
 
     # -- start-up -------------------------------------------------------------
 
@@ -134,19 +158,35 @@ class PipelineCoordinator:
 
     def run(self) -> None:
         """Run until :meth:`stop`; restarts from the slot after any failure."""
-        delay = 1.0
+        backoff = Backoff(base=0.5, cap=self.config.pipeline.max_retry_delay_s)
         while not self._stop.is_set():
+            acked_before = self.acked_lsn
             try:
                 self._start_source()
                 self._pump()
                 break  # clean stop
             except Exception as exc:  # noqa: BLE001 - recover by replaying from the slot
+                if self._stop.is_set():
+                    # stopping while the sink was away: what was not written stays
+                    # unacknowledged, and the next start replays it from the slot
+                    log.warning("slot %s: stopped before the write in flight finished (%s); it is replayed "
+                                "from confirmed LSN %s on the next start", self.slot, error_line(exc),
+                                format_lsn(self.acked_lsn or None))
+                    try:
+                        ray.get(self.reader.close.remote(), timeout=10)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    break
                 self.errors += 1
+                if self.acked_lsn > acked_before:
+                    backoff.reset()  # it had recovered: this is a new failure, retried soon
                 if is_permanent(exc):
                     # Replaying cannot help (a schema change, say): stop on purpose,
                     # keep answering stats and searches, say why and how to fix it.
+                    # A fatal one (the slot dropped or taken, no publication) ends the
+                    # run: cluster/runtime.py exits when it sees FAILED.
                     self.last_error = error_line(exc)
-                    self.state = "halted"
+                    self.state = FAILED if is_fatal(exc) else "halted"
                     log.error("slot %s: pipeline stopped: %s", self.slot, self.last_error)
                     try:
                         ray.get(self.reader.close.remote(), timeout=10)
@@ -155,8 +195,9 @@ class PipelineCoordinator:
                     return
                 self.last_error = error_line(exc, with_type=True)
                 self.state = "recovering"
+                delay = backoff.next()
                 log.error(
-                    "slot %s: pipeline failed (%s); replaying from confirmed LSN %s in %.0f s",
+                    "slot %s: pipeline failed (%s); replaying from confirmed LSN %s in %.1f s",
                     self.slot, self.last_error, format_lsn(self.acked_lsn or None), delay,
                 )
                 try:
@@ -165,7 +206,6 @@ class PipelineCoordinator:
                     pass
                 if self._stop.wait(delay):
                     break
-                delay = min(delay * 2, MAX_RETRY_DELAY_S)
         self.state = "stopped"
 
     def _pump(self) -> None:
@@ -190,9 +230,15 @@ class PipelineCoordinator:
                     if action.confirm:
                         self.reader.ack.remote(action.lsn)
 
+        interrupted = False
         while True:
             if self._stop.is_set():
                 flow.stop()
+                if applying is not None and not interrupted:
+                    # a write waiting for an absent sink gives up (unacknowledged: replayed
+                    # on the next start); a write that succeeds is not affected
+                    self.writer.interrupt.remote()
+                    interrupted = True
             if flow.drained:
                 break
             execute(flow.next_actions())
@@ -251,6 +297,7 @@ class PipelineCoordinator:
             return self.acked_lsn
 
     def _applied(self, entry: Entry, result: Any) -> None:
+        self.dead_letters = result.dead_letters
         rows = result.upserts + result.deletes
         self.rows_applied += rows
         self.batches_applied += 1
@@ -268,24 +315,44 @@ class PipelineCoordinator:
     # -- status -------------------------------------------------------------------
 
     def _refresh_slot_stats(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._stats_at < 1.0:
-            return
-        self._stats_at = now
-        try:
-            if self._stats_conn is None or self._stats_conn.closed:
-                self._stats_conn = connect(
-                    self.config.source.dsn_value, self.config.source.dsn_masked, autocommit=True
-                )
-            info = slot_info(self._stats_conn, self.slot)
-            self._slot_stats = {"confirmed_lsn": format_lsn(info.confirmed_lsn), "lag_bytes": info.lag_bytes}
-        except Exception as exc:  # noqa: BLE001 - stats must never stop the pipeline
-            log.warning("slot %s: cannot read slot status: %s", self.slot, error_line(exc, with_type=True))
-            self._stats_conn = None
+        with self._stats_lock:
+            now = time.monotonic()
+            if not force and now - self._stats_at < 1.0:
+                return
+            self._stats_at = now
+            try:
+                if self._stats_conn is None or self._stats_conn.closed:
+                    self._stats_conn = connect(
+                        self.config.source.dsn_value, self.config.source.dsn_masked, autocommit=True
+                    )
+                info = slot_info(self._stats_conn, self.slot)
+            except Exception as exc:  # noqa: BLE001 - stats must never stop the pipeline
+                # (PostgreSQL restarting, say: the next refresh connects again; warned once per outage)
+                if not self._stats_failing:
+                    log.warning("slot %s: cannot read slot status: %s", self.slot, error_line(exc, with_type=True))
+                self._stats_failing = True
+                if self._stats_conn is not None:
+                    try:
+                        self._stats_conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                self._stats_conn = None
+                return
+            self._stats_failing = False
+            warning = lag_warning(info, self.config.source.max_lag_bytes)
+            self._slot_stats = {"confirmed_lsn": format_lsn(info.confirmed_lsn), "lag_bytes": info.lag_bytes,
+                                "lag_warning": warning}
+            if warning and (self._lag_warned_at is None or now - self._lag_warned_at >= LAG_WARNING_INTERVAL_S):
+                self._lag_warned_at = now
+                log.warning("%s", warning)
+            elif not warning and self._lag_warned_at is not None:
+                self._lag_warned_at = None
+                log.info("slot %s: lag back under source.max_lag_bytes (%s bytes)", self.slot, info.lag_bytes)
 
     def stats(self) -> dict[str, Any]:
-        if self._stop.is_set() or self.state in ("stopped",):
-            self._refresh_slot_stats(force=True)
+        if self._stop.is_set() or self.state in ("stopped", "halted", FAILED, "recovering"):
+            # the loop that refreshes them is not running: current figures (at most one query a second)
+            self._refresh_slot_stats(force=self.state == "stopped" or self._stop.is_set())
         return {
             "state": self.state,
             "slot": self.slot,
@@ -295,6 +362,7 @@ class PipelineCoordinator:
             "acked_lsn": format_lsn(self.acked_lsn or None),
             **self._slot_stats,
             "errors": self.errors,
+            "dead_letters": self.dead_letters,
             "last_error": self.last_error,
         }
 
@@ -326,6 +394,12 @@ class PipelineActor:
             }
             stats["truncated_texts"] = stats["embedding"]["truncated"]
         except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures
+            pass
+        try:
+            writer = ray.get(self.coordinator.writer.stats.remote(), timeout=2)
+            stats["dead_letters"] = writer["dead_letters"]
+            stats["sink_unavailable_s"] = writer["sink_unavailable_s"]
+        except Exception:  # noqa: BLE001 - a writer being restarted: the coordinator's figures
             pass
         return stats
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from actors.logs import error_line
 from actors.source_schema import TableSpec
 from cluster.config import Config
-from cluster.pipeline import NAMESPACE, PIPELINE_ACTOR, WRITER_ACTOR
+from cluster.pipeline import FAILED, NAMESPACE, PIPELINE_ACTOR, WRITER_ACTOR
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ class StartupError(RuntimeError):
 
 class PipelineLost(RuntimeError):
     """The coordinator stopped answering while serving; the message is the cause in one line."""
+
+
+class PipelineFailed(PipelineLost):
+    """The coordinator stopped for good (state ``failed``: an error retrying cannot fix, such as the
+    slot dropped or taken by someone else); the message is its one line: what, and how to fix it.
+    A :class:`PipelineLost`, so the CLI exits non-zero as for that."""
 
 
 def start_ray(address: str = "", num_cpus: int | None = None, env_vars: dict[str, str] | None = None,
@@ -84,6 +90,9 @@ def preflight(config: Config) -> dict[str, TableSpec]:
     from actors.sinks.base import SinkError, open_sink
     from actors.source_schema import SourceError, inspect_source
 
+    exposure = config.serve.exposure_error()  # validated with the file; again here, host may have been assigned since
+    if exposure:
+        raise StartupError(exposure)
     try:
         specs = inspect_source(config.source, config.tables)
     except SourceError as exc:
@@ -114,8 +123,9 @@ def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None =
 
     ``on_ready(url)`` is called once search answers.  Returns the coordinator's
     final stats, or None when the clean stop itself failed (logged).  Raises
-    :class:`StartupError` when something cannot start and :class:`PipelineLost`
-    when the coordinator stops answering; Ray is shut down either way.
+    :class:`StartupError` when something cannot start, :class:`PipelineLost`
+    when the coordinator stops answering and :class:`PipelineFailed` (after a clean
+    stop) when it failed for good; Ray is shut down either way.
     """
     specs = preflight(config)
     stop = stop or threading.Event()
@@ -134,17 +144,26 @@ def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None =
             url = deploy_search(config, running, log_level)
             if on_ready:
                 on_ready(url)
+            failed: str | None = None
             while not stop.wait(WATCH_INTERVAL_S):
                 try:
-                    running.stats(timeout=30)
+                    state = running.stats(timeout=30)
                 except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
                     raise PipelineLost(error_line(exc)) from None
+                if state.get("state") == FAILED:
+                    # Retrying cannot fix it and nothing is left to serve for: end the run
+                    # (a schema change is "halted" instead, and keeps serving).
+                    failed = state.get("last_error") or "the pipeline failed (see the log above)"
+                    break
         except PipelineLost:
             raise  # nothing left to stop: the coordinator is what writes and confirms
         except BaseException:
             _stop_cleanly(running)  # a failure on the way: still write and confirm what is in flight
             raise
-        return _stop_cleanly(running)
+        final = _stop_cleanly(running)
+        if failed is not None:
+            raise PipelineFailed(failed)
+        return final
     finally:
         shutdown()
 
@@ -211,7 +230,8 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]
-    writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1).remote(config.sink, config.source.slot, log_level)
+    writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1).remote(
+        config.sink, config.source.slot, log_level, config.pipeline.writer_retries())
     reader = CdcReaderActor.options(name="reader", max_restarts=-1).remote(config.source, specs, log_level)
     try:
         infos = ray.get([e.info.remote() for e in embedders])
@@ -236,10 +256,22 @@ def deploy_search(config: Config, running: RunningPipeline, log_level: str = "IN
 
     from serve_apps.search import SearchApp
 
+    settings = config.serve
+    exposure = settings.exposure_error()
+    if exposure:
+        raise StartupError(exposure)
+    where = f"{settings.host}:{settings.port}"
+    if settings.api_key is not None:
+        log.info("search app on %s: API key required ('Authorization: Bearer <key>') on every route but /healthz", where)
+    elif settings.loopback:
+        log.info("search app on %s: no API key (loopback only; set [serve] api_key to require one)", where)
+    else:
+        log.warning("search app on %s answers WITHOUT an API key (serve.allow_unauthenticated = true): anyone who "
+                    "can reach this address can search and read /stats; set [serve] api_key", where)
     quiet = {"log_level": "WARNING" if log_level != "DEBUG" else "DEBUG"}
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
-    app = SearchApp.options(num_replicas=config.serve.replicas).bind(
-        config.embedding, config.sink, running.writer, running.pipeline, 1, log_level
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=quiet)
+    app = SearchApp.options(num_replicas=settings.replicas).bind(
+        config.embedding, config.sink, running.writer, running.pipeline, 1, log_level, settings.api_key
     )
     try:
         serve.run(app, name="embedcluster", route_prefix="/", logging_config=quiet)

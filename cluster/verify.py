@@ -67,6 +67,12 @@ class WriterStore:
     def get_state(self, name: str) -> dict[str, Any] | None:
         return self._call("get_state", name)
 
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
+        self._call("set_state", name, value)
+
+    def list_states(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return self._call("list_states", prefix)
+
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         self._call("upsert_points", list(points))
 

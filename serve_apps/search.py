@@ -3,12 +3,22 @@
 Routes (the public HTTP API):
 
 * ``GET /search?q=TEXT&k=5`` -> ``{"query", "k", "results": [{"table", "id",
-  "score", "payload"}], "took_ms"}``, best score first.
+  "score", "payload"}], "took_ms"}``, best score first.  ``POST /search`` with
+  ``{"q": TEXT, "k": 5}`` answers the same (long queries: HTTP servers refuse
+  request lines over 64 KiB before the app sees them).
 * ``GET /healthz`` -> ``{"status": "ok"}`` once the pipeline is streaming
   (503 with the current state before that).
+* ``GET /metrics`` -> the same figures for Prometheus (``embedcluster_dead_letters``, ...).
 * ``GET /stats`` -> pipeline counters (``rows_applied``, ``confirmed_lsn``,
   ``lag_bytes``, ...).
 * ``GET /`` -> a small search page.
+* ``GET /openapi.json`` -> the OpenAPI document of these routes.
+
+Every error is JSON, ``{"error": "<what is wrong>"}``.  With ``[serve] api_key``
+set, every route but ``/healthz`` needs ``Authorization: Bearer <key>``
+(:class:`BearerAuth`); a request without it gets 401 and ``WWW-Authenticate:
+Bearer``.  A browser asking for ``/`` gets the page itself with that 401: the page
+asks for the key and sends it with each of its requests.
 
 Queries are embedded with the same model as the rows, in small dynamic
 batches (``@serve.batch``).  With a shared sink (Qdrant server, MySQL) each
@@ -19,23 +29,36 @@ store and answers the search.
 
 
 import asyncio
+import functools
+import hmac
+import json
 import logging
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import SecretStr
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.embedder import Embedder, EmbeddingConfig
-from actors.logs import setup_logging
+from actors.logs import error_line, register_secret, scrub, setup_logging
 from actors.sinks.base import SearchHit, open_sink
+from serve_apps import metrics as pipeline_metrics
 
 log = logging.getLogger(__name__)
 
 MAX_K = 100
+#: longest query text accepted, in characters: the model reads a few hundred tokens of it at most, and
+#: percent-encoded (up to 12 bytes a character) it still fits the 64 KiB request line HTTP servers accept
+MAX_QUERY_CHARS = 5_000
+#: largest ``POST /search`` body read, in bytes (a query at its longest, JSON-escaped, fits)
+MAX_BODY_BYTES = 256 * 1024
+#: routes answered without the API key (load balancers and orchestrators probe it)
+PUBLIC_PATHS = frozenset({"/healthz"})
 
 
 def _keep_replica_grpc_on_loopback() -> None:
@@ -63,7 +86,166 @@ def _keep_replica_grpc_on_loopback() -> None:
 
     add_port_on_loopback._embedcluster_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = add_port_on_loopback
-api = FastAPI(title="embedcluster search", docs_url=None, redoc_url=None)
+
+
+# --- authentication ---------------------------------------------------------------
+
+def bearer_token_ok(authorization: bytes | None, api_key: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <api_key>`` (scheme case-insensitive).
+
+    The token is compared in constant time (:func:`hmac.compare_digest`), as bytes:
+    any header byte is accepted without error, and wrong keys of the right
+    length take as long to refuse as any other.
+    """
+    if not authorization:
+        return False
+    scheme, _, token = authorization.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), api_key.encode("utf-8"))
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error the app answers: ``{"error": message}`` (scrubbed of secrets)."""
+    return JSONResponse({"error": scrub(message)}, status_code=status, headers=headers)
+
+
+@functools.lru_cache(maxsize=1)
+def page_html() -> str:
+    """The search page (``serve_apps/search.html``)."""
+    return resources.files("serve_apps").joinpath("search.html").read_text(encoding="utf-8")
+
+
+#: sent with the page: never cached, never framed, no referrer
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer"}
+
+
+def _wants_html(headers: list[tuple[bytes, bytes]]) -> bool:
+    accept = b",".join(v for k, v in headers if k == b"accept").lower()
+    return b"text/html" in accept
+
+
+def replica_api_key() -> str | None:
+    """The API key of the :class:`SearchApp` replica serving this request (None: no key).
+
+    Raises when called outside a Serve replica: the caller then refuses the
+    request rather than serve it unauthenticated.
+    """
+    return serve.get_replica_context().servable_object._api_key
+
+
+class BearerAuth:
+    """ASGI middleware: with an API key, every path but :data:`PUBLIC_PATHS` needs
+    ``Authorization: Bearer <key>``.
+
+    Anything else is answered 401 ``{"error": ...}`` with ``WWW-Authenticate: Bearer``
+    before routing (unknown paths and ``/openapi.json`` included); a browser
+    (``Accept: text/html``) asking for ``/`` gets the search page as that 401's
+    body, which asks for the key.  ``api_key`` returns the key (None = no key;
+    default :func:`replica_api_key`); when it fails, requests are refused (503),
+    never let through.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], api_key: Callable[[], str | None] | None = None) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            return await self.app(scope, receive, send)
+        try:
+            key = (self.api_key or replica_api_key)()
+        except Exception as exc:  # noqa: BLE001 - fail closed
+            log.warning("cannot tell the API key: %s", error_line(exc))
+            return await error_response(503, "the search app is not ready; retry shortly")(scope, receive, send)
+        if key is None:
+            return await self.app(scope, receive, send)
+        headers = scope.get("headers") or []
+        given = [v for k, v in headers if k == b"authorization"]
+        if len(given) == 1 and bearer_token_ok(given[0], key):
+            return await self.app(scope, receive, send)
+        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"' if given else "Bearer"}
+        if scope.get("path") == "/" and _wants_html(headers):
+            response: Any = HTMLResponse(page_html(), status_code=401, headers={**PAGE_HEADERS, **challenge})
+        else:
+            response = error_response(
+                401, "invalid API key" if given else
+                "this search app needs its API key: send 'Authorization: Bearer <key>' ([serve] api_key)",
+                headers=challenge,
+            )
+        await response(scope, receive, send)
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # 404 for an unknown path, 405 for another method: {"error": ...} like every other error
+    return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _error_schema(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+#: how the routes are described in /openapi.json (they read their parameters themselves,
+#: so that every error is a 400 with {"error"}, not FastAPI's 422)
+_UNAUTHORIZED = {"401": _error_schema("no or a wrong API key (only when [serve] api_key is set)")}
+_SEARCH_RESPONSES: dict[str, Any] = {
+    "200": {"description": "hits, best cosine similarity first", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["query", "k", "results", "took_ms"], "properties": {
+            "query": {"type": "string"}, "k": {"type": "integer"}, "took_ms": {"type": "number"},
+            "results": {"type": "array", "items": {"type": "object", "properties": {
+                "table": {"type": "string"}, "id": {}, "score": {"type": "number"},
+                "payload": {"type": "object"}}}}}}}}},
+    "400": _error_schema("a missing or empty q, q too long, or k outside 1..100"),
+    **_UNAUTHORIZED,
+    "503": _error_schema("the store or the embedding failed"),
+}
+_SEARCH_BODY_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["q"], "additionalProperties": False, "properties": {
+            "q": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS, "description": "the text to search for"},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5,
+                  "description": "how many hits to return"}}}}}},
+    "responses": {**_SEARCH_RESPONSES, "413": _error_schema(f"a body over {MAX_BODY_BYTES} bytes")},
+}
+_SEARCH_DOC: dict[str, Any] = {
+    "parameters": [
+        {"name": "q", "in": "query", "required": True, "description": "the text to search for",
+         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
+        {"name": "k", "in": "query", "required": False, "description": "how many hits to return",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}},
+    ],
+    "responses": _SEARCH_RESPONSES,
+}
+
+
+class SearchAPI(FastAPI):
+    """The FastAPI app; its OpenAPI document adds the error schema and the bearer scheme to FastAPI's."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema:
+            return self.openapi_schema
+        doc = super().openapi()
+        components = doc.setdefault("components", {})
+        components.setdefault("schemas", {})["Error"] = {
+            "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                    "description": "[serve] api_key, when one is set"}}
+        for path, methods in doc.get("paths", {}).items():
+            for operation in methods.values():
+                # the key is optional by configuration: bearer, or nothing when no key is set
+                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}, {}]
+                operation.get("responses", {}).pop("422", None)
+        self.openapi_schema = doc
+        return doc
+
+
+api = SearchAPI(
+    title="embedcluster search", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+    description="Semantic search over the tables embedcluster keeps indexed. With [serve] api_key set, every "
+                "route but /healthz needs 'Authorization: Bearer <key>' (401 otherwise). Errors are "
+                '{"error": "<what is wrong>"}.',
+)
+api.add_middleware(BearerAuth)
+api.add_exception_handler(StarletteHTTPException, _http_error)
 
 
 def parse_query(params: dict[str, str]) -> tuple[str, int]:
@@ -71,19 +253,71 @@ def parse_query(params: dict[str, str]) -> tuple[str, int]:
     q = (params.get("q") or "").strip()
     if not q:
         raise ValueError("missing query: pass ?q=<text to search for>")
+    if len(q) > MAX_QUERY_CHARS:
+        raise ValueError(f"q is {len(q)} characters long; at most {MAX_QUERY_CHARS} are accepted")
     raw_k = params.get("k", "5")
     try:
         k = int(raw_k)
     except ValueError:
-        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {raw_k!r}") from None
+        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {raw_k[:40]!r}") from None
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be from 1 to {MAX_K}, got {k}")
     return q, k
 
 
+def parse_body(body: bytes) -> tuple[str, int]:
+    """Validate a ``POST /search`` body, ``{"q": TEXT, "k": 5}``; raises ValueError with the message for a 400."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: [[[[...
+        raise ValueError('the body must be JSON: {"q": "<text to search for>", "k": 5}') from None
+    if not isinstance(data, dict):
+        raise ValueError('the body must be a JSON object: {"q": "<text to search for>", "k": 5}')
+    unknown = sorted(set(data) - {"q", "k"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0][:40]!r} in the body; it takes q and k")
+    q, k = data.get("q"), data.get("k", 5)
+    if q is not None and not isinstance(q, str):
+        raise ValueError("q must be a string")
+    if not (q or "").strip():
+        raise ValueError('missing query: send {"q": "<text to search for>"}')
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {json.dumps(k)[:40]}")
+    q, k = parse_query({"q": q or "", "k": str(k)})
+    if any("\ud800" <= c <= "\udfff" for c in q):  # JSON can escape one; it is no text (and no UTF-8)
+        raise ValueError("q holds an unpaired surrogate (\\ud800-\\udfff); send text")
+    return q, k
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The request body, or None when it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def hit_json(hit: SearchHit) -> dict[str, Any]:
+    """One hit as the API returns it: a single-column key as a scalar, a composite one as a list."""
     key: Any = hit.key[0] if len(hit.key) == 1 else list(hit.key)
     return {"table": hit.table, "id": key, "score": hit.score, "payload": hit.payload}
+
+
+def scrub_json(value: Any) -> Any:
+    """``value`` with every string in it scrubbed of secrets (for /stats and /healthz)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrub_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_json(v) for v in value]
+    return value
 
 
 #: how long the health check waits for the coordinator and the store
@@ -101,8 +335,12 @@ class SearchApp:
         pipeline: Any,
         threads: int = 1,
         log_level: str = "INFO",
+        api_key: SecretStr | None = None,
     ) -> None:
         setup_logging(log_level)
+        register_secret(api_key)
+        #: read by :class:`BearerAuth` for every request (None: no key, the host is loopback or allowed)
+        self._api_key = api_key.get_secret_value() if api_key is not None else None
         _keep_replica_grpc_on_loopback()
         # queries are single sentences: CPU is fine and keeps GPUs for the pool
         device = "cpu" if embedding.device == "auto" else embedding.device
@@ -115,7 +353,7 @@ class SearchApp:
         self.sink = open_sink(sink) if sink.kind == "mysql" or sink.url else None
         self.writer = writer
         self.pipeline = pipeline
-        self.page = resources.files("serve_apps").joinpath("search.html").read_text(encoding="utf-8")
+        self.page = page_html()
 
     async def check_health(self) -> None:
         """Serve's replica health check (every ``health_check_period_s``): raises unless the
@@ -138,29 +376,72 @@ class SearchApp:
             return await asyncio.to_thread(self.sink.search, vector, k)
         return await self.writer.search.remote(vector, k)
 
-    @api.get("/search")
+    @api.get("/search", openapi_extra=_SEARCH_DOC, summary="Semantic search")
     async def search(self, request: Request) -> JSONResponse:
+        """The ``k`` rows closest to ``q``, best cosine similarity first."""
         started = time.perf_counter()
         try:
             q, k = parse_query(dict(request.query_params))
         except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        vector = await self._embed(q)
-        hits = await self._search(vector, k)
+            return error_response(400, str(exc))
+        return await self._answer(q, k, started)
+
+    @api.post("/search", openapi_extra=_SEARCH_BODY_DOC, summary="Semantic search (query in a JSON body)")
+    async def search_body(self, request: Request) -> JSONResponse:
+        """As ``GET /search``, with ``{"q": TEXT, "k": 5}`` as the body: for queries too long for a URL."""
+        started = time.perf_counter()
+        body = await read_body(request)
+        if body is None:
+            return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes; send at most {MAX_QUERY_CHARS} "
+                                       "characters of query")
+        try:
+            q, k = parse_body(body)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        return await self._answer(q, k, started)
+
+    async def _answer(self, q: str, k: int, started: float) -> JSONResponse:
+        try:
+            vector = await self._embed(q)
+            hits = await self._search(vector, k)
+        except Exception as exc:  # noqa: BLE001 - the store or the model, not the request: 503, one line
+            log.warning("search failed: %s", error_line(exc, with_type=True))
+            return error_response(503, f"search failed: {error_line(exc)}")
         took = (time.perf_counter() - started) * 1000
         return JSONResponse({"query": q, "k": k, "results": [hit_json(h) for h in hits], "took_ms": round(took, 3)})
 
-    @api.get("/healthz")
+    @api.get("/healthz", summary="Health", responses={"503": {"description": "not streaming (yet): the state"}})
     async def healthz(self) -> JSONResponse:
-        stats = await self.pipeline.stats.remote()
+        """``{"status": "ok"}`` once the pipeline streams; 503 with its state otherwise.  Never needs the key."""
+        try:
+            stats = await self.pipeline.stats.remote()
+        except Exception as exc:  # noqa: BLE001 - the coordinator is gone
+            return JSONResponse({"status": "unavailable", "error": scrub(error_line(exc))}, status_code=503)
         if stats.get("state") == "streaming":
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": stats.get("state"), "error": stats.get("last_error")}, status_code=503)
+        return JSONResponse(scrub_json({"status": stats.get("state"), "error": stats.get("last_error")}),
+                            status_code=503)
 
-    @api.get("/stats")
+    @api.get("/stats", summary="Pipeline counters", responses={**_UNAUTHORIZED, "503": _error_schema("no coordinator")})
     async def stats(self) -> JSONResponse:
-        return JSONResponse(await self.pipeline.stats.remote())
+        """The coordinator's counters (secrets scrubbed from every string)."""
+        try:
+            stats = await self.pipeline.stats.remote()
+        except Exception as exc:  # noqa: BLE001 - the coordinator is gone
+            return error_response(503, f"the pipeline coordinator does not answer: {error_line(exc)}")
+        return JSONResponse(scrub_json(stats))
 
-    @api.get("/", response_class=HTMLResponse)
+    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={**_UNAUTHORIZED, "503": _error_schema("no coordinator")})
+    async def metrics(self) -> Response:
+        """The pipeline's figures in the Prometheus text format (numbers and the state only)."""
+        try:
+            stats = await self.pipeline.stats.remote()
+        except Exception as exc:  # noqa: BLE001 - the coordinator is gone
+            return error_response(503, f"the pipeline coordinator does not answer: {error_line(exc)}")
+        return Response(pipeline_metrics.render(stats), media_type=pipeline_metrics.CONTENT_TYPE_LATEST)
+
+    @api.get("/", response_class=HTMLResponse, summary="Search page", responses=_UNAUTHORIZED)
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(self.page)
+        """The search page (it sends the API key the user types with each request)."""
+        return HTMLResponse(self.page, headers=PAGE_HEADERS)

@@ -1,5 +1,16 @@
 """Vector sinks: one interface (:class:`VectorSink`), several stores."""
 
-from actors.sinks.base import SearchHit, StoredPoint, VectorPoint, VectorSink, open_sink
+from actors.sinks.base import (
+    PointError,
+    PointTooLarge,
+    SearchHit,
+    SinkError,
+    StoredPoint,
+    VectorPoint,
+    VectorSink,
+    open_sink,
+)
 
-__all__ = ["SearchHit", "StoredPoint", "VectorPoint", "VectorSink", "open_sink"]
+__all__ = [
+    "PointError", "PointTooLarge", "SearchHit", "SinkError", "StoredPoint", "VectorPoint", "VectorSink", "open_sink",
+]

@@ -18,7 +18,21 @@ interchangeable.  Contract for implementers:
 * State documents (``get_state``/``set_state``) live beside the points but are
   never counted, iterated or returned by ``search``.
 * ``points_page`` pages through the points in id order with an opaque cursor
-  (``iter_points`` is built on it); ``get_points`` reads points by id.
+  (``iter_points`` is built on it); ``get_points`` reads points by id.  No sink
+  method holds every stored id or row in memory: reads page, bulk deletes
+  (``delete_table``, ``delete_table_except_generation``) run in bounded chunks
+  on the store's side.
+* No single request to the store exceeds its size limit (Qdrant:
+  ``sink.max_request_bytes``; MySQL: the server's ``max_allowed_packet``): a
+  call is split into as many requests as it takes.  A single point that cannot
+  fit, or that a column cannot hold, raises :class:`PointTooLarge` before
+  anything of that call is written; it is *permanent* for that change
+  (retrying cannot help), unlike a :class:`SinkError`.
+* Every point carries a ``generation`` (an int, 0 by default) that upserts and
+  payload updates store with it: a backfill stamps the points it writes with
+  a new generation, and ``delete_table_except_generation`` then removes the
+  points of a table that backfill did not write (rows deleted at the source
+  while nothing was replicating), without listing ids anywhere.
 * Vectors read back (``iter_points(with_vectors=True)``) are the stored
   float32 values; a cosine store may keep them normalised to unit length, so
   only the direction of a non-unit vector is guaranteed (the embedder writes
@@ -47,6 +61,8 @@ class VectorPoint:
     text: str
     text_hash: str
     payload: dict[str, Any]
+    #: written with the point (see the module docstring): the backfill that wrote it, 0 = none
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -60,6 +76,8 @@ class StoredPoint:
     text_hash: str
     payload: dict[str, Any]
     vector: np.ndarray | None = None
+    #: the ``generation`` it was last written with (0: none, or written before generations existed)
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -91,6 +109,42 @@ class MissingPointError(SinkError):
         )
 
 
+class PointError(ValueError):
+    """A write that can never succeed for one point, whatever is retried: a *poison* change.
+
+    ``permanent`` is True (a :class:`SinkError` is not: the store may come
+    back), ``point_id`` names the point.  Nothing of the call that raised it was
+    written, so the writer can set that change aside (dead-letter it) and
+    apply the rest of its batch.
+    """
+
+    permanent = True
+
+    def __init__(self, point_id: str, message: str) -> None:
+        self.point_id = point_id
+        super().__init__(message)
+
+
+class PointTooLarge(PointError):
+    """One point does not fit in one request to the store, or a column cannot hold it.
+
+    ``size`` and ``limit`` are in bytes; ``key`` is the setting that sets the
+    limit (``sink.max_request_bytes``, ``max_allowed_packet``, or the column,
+    e.g. ``text (MEDIUMTEXT)``).  The message is one line naming both.
+    """
+
+    def __init__(self, point_id: str, table: str, size: int, limit: int, key: str, fix: str) -> None:
+        self.table = table
+        self.size = int(size)
+        self.limit = int(limit)
+        self.key = key
+        super().__init__(
+            point_id,
+            f"point {point_id} of {table} is {self.size:,} bytes, over the limit of {self.limit:,} bytes set by "
+            f"{key}: {fix}",
+        )
+
+
 class VectorSink(abc.ABC):
     """Where vectors live.  See the module docstring for the contract."""
 
@@ -110,6 +164,28 @@ class VectorSink(abc.ABC):
     @abc.abstractmethod
     def delete(self, point_ids: Sequence[str]) -> None:
         """Delete points by id; missing ids are ignored; durable on return."""
+
+    @abc.abstractmethod
+    def delete_table(self, table: str) -> int:
+        """Delete every point of source ``table`` (what a TRUNCATE leaves); returns how many.
+
+        Runs on the store's side in bounded chunks (no id is listed in this
+        process, no single transaction or request grows with the table).  Not
+        atomic: an interrupted call leaves fewer points, and calling it again
+        finishes the job (idempotent); durable on return.  Other tables and
+        state documents are untouched.
+        """
+
+    @abc.abstractmethod
+    def delete_table_except_generation(self, table: str, generation: int) -> int:
+        """Delete the points of ``table`` whose ``generation`` is not ``generation``; returns how many.
+
+        What a completed backfill calls: it wrote every row it found with
+        ``generation``, so any other point of the table (an older generation,
+        or 0: written by the stream or before generations existed) belongs to a
+        row deleted meanwhile.  ``generation`` must be >= 1.  Bounded chunks,
+        idempotent and durable on return, like :meth:`delete_table`.
+        """
 
     @abc.abstractmethod
     def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
@@ -151,7 +227,7 @@ class VectorSink(abc.ABC):
 
     @abc.abstractmethod
     def update_payloads(self, points: Sequence[VectorPoint]) -> None:
-        """Overwrite table/key/text/text_hash/payload of existing points, keeping their vectors.
+        """Overwrite table/key/text/text_hash/payload/generation of existing points, keeping their vectors.
 
         ``point.vector`` is ignored (the writer passes None).  Every point must
         exist: otherwise raise :class:`MissingPointError` naming it, having
@@ -166,12 +242,29 @@ class VectorSink(abc.ABC):
     def set_state(self, name: str, value: dict[str, Any] | None) -> None:
         """Store (or with None, remove) a state document; durable on return."""
 
+    @abc.abstractmethod
+    def list_states(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every state document whose name starts with ``prefix``, by name (dead letters: a
+        few thousand at most, see ``actors/deadletter.py``)."""
+
+    def bound_retries(self, seconds: float) -> None:
+        """Give up retrying a transient failure inside one call after about ``seconds``: for a
+        caller that retries (and reports the outage) itself, as the writer does.  Default: a
+        sink that does not retry inside its calls has nothing to bound."""
+
     def ping(self) -> None:
         """Raise when the store cannot be reached; a cheap read (health checks call it)."""
         self.get_state(PING_STATE)
 
     def close(self) -> None:
         """Release connections and files."""
+
+
+def check_generation(generation: int) -> int:
+    """``generation`` as an int, or ValueError unless it is 1 .. 2**63 - 1 (0 means "none")."""
+    if isinstance(generation, bool) or not isinstance(generation, (int, np.integer)) or not 1 <= generation < 2**63:
+        raise ValueError(f"generation must be an integer from 1 to 2**63 - 1, not {generation!r}")
+    return int(generation)
 
 
 def open_sink(config: Any) -> VectorSink:

@@ -6,7 +6,9 @@ index lifecycle, paging) stays in the sinks' own tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 import uuid
 from typing import Any
 
@@ -14,9 +16,9 @@ import numpy as np
 import pytest
 
 from actors.changes import point_id, text_hash
-from actors.sinks.base import MissingPointError, SinkError, VectorPoint, VectorSink, open_sink
+from actors.sinks.base import MissingPointError, PointError, PointTooLarge, SinkError, VectorPoint, VectorSink, open_sink
 from tests.contract.conftest import Store
-from tests.contract.points import DIM, DOCS, NOTES, assert_same, point, points, snapshot, unit, written
+from tests.contract.points import DIM, DOCS, LIMIT, NOTES, assert_same, point, points, snapshot, unit, written
 
 
 def _absent_id() -> str:
@@ -340,3 +342,130 @@ def test_points_and_state_survive_a_reopen(store: Store, sink: VectorSink) -> No
     assert again.count() == 4
     assert_same(snapshot(again), before)
     assert again.get_state("slot/contract") == {"backfill_complete": True}
+
+
+# -- request sizes ----------------------------------------------------------------------------------------
+#
+# On a store whose requests may not exceed LIMIT bytes (Qdrant: sink.max_request_bytes;
+# MySQL: a server started with max_allowed_packet = LIMIT), measured as the store
+# receives them (see conftest.py).
+
+
+def _many_ids(n: int) -> list[str]:
+    """``n`` distinct well-formed UUIDs, none of them a point of this suite."""
+    return [f"00000000-0000-4000-8000-{i:012x}" for i in range(n)]
+
+
+def test_deleting_a_million_ids_in_one_call_stays_within_the_request_limit(store: Store) -> None:
+    sink = store.open(limited=True)
+    keep, gone = points(DOCS, range(5)), points(DOCS, range(5, 10)) + points(NOTES, range(2))
+    sink.upsert(keep + gone)
+    ids = _many_ids(1_000_000)
+    for i, p in enumerate(gone):  # stored ids at the start, in the middle and at the end of the call
+        ids.insert([0, 1, 400_000, 500_000, 999_000, 1_000_000, len(ids)][i], p.id)
+    with store.requests(sink) as sent:
+        sink.delete(ids)
+    assert sink.count() == 5
+    assert_same(snapshot(sink), written(keep))
+    deletes = sent.sizes("delete")
+    assert max(sent.sizes()) <= LIMIT, max(sent.sizes())
+    assert sum(deletes) >= 36 * len(ids)  # every id was sent (36 characters each)
+    assert len(deletes) >= 36 * len(ids) // LIMIT + 1  # in as many requests as that takes
+    sink.delete(ids)  # a replay is harmless
+    assert sink.count() == 5
+
+
+def test_an_upsert_larger_than_the_request_limit_is_split_and_lands_whole(store: Store) -> None:
+    sink = store.open(limited=True)
+    # 4 bytes a character in UTF-8: a limit counted in characters would let 4x too much into a request
+    batch = [point(DOCS, k, text="🚀" * 2000 + str(k), payload={"k": k, "note": "ü" * 500}) for k in range(40)]
+    with store.requests(sink) as sent:
+        sink.upsert(batch)
+    assert max(sent.sizes()) <= LIMIT, max(sent.sizes())
+    upserts = sent.sizes("upsert")
+    assert sum(upserts) > 40 * 9000 and len(upserts) >= 40 * 9000 // LIMIT + 1
+    assert_same(snapshot(sink), written(batch))
+
+    # payload updates of the same size are split the same way
+    updated = [dataclasses.replace(p, vector=None, text="€" * 3000, text_hash=text_hash("€" * 3000)) for p in batch]
+    with store.requests(sink) as sent:
+        sink.update_payloads(updated)
+    assert max(sent.sizes()) <= LIMIT, max(sent.sizes())
+    assert sum(sent.sizes("update")) > 40 * 9000
+    assert sink.text_hashes([p.id for p in batch]) == {p.id: text_hash("€" * 3000) for p in batch}
+
+
+def _assert_poison(error: PointError, p: VectorPoint, key: str) -> None:
+    assert isinstance(error, ValueError) and not isinstance(error, SinkError)  # not a store outage
+    assert error.permanent is True and error.point_id == p.id
+    message = str(error)
+    assert "\n" not in message and p.id in message and key in message, message
+    if isinstance(error, PointTooLarge):
+        assert error.size > error.limit and f"{error.limit:,}" in message and f"{error.size:,}" in message
+
+
+def test_a_point_larger_than_the_request_limit_is_a_permanent_error_and_nothing_is_written(store: Store) -> None:
+    sink = store.open(limited=True)
+    fine = points(DOCS, range(3))
+    poison = point(DOCS, 99, text="x" * LIMIT)
+    started = time.monotonic()
+    with pytest.raises(PointTooLarge) as info:
+        sink.upsert(fine + [poison] + points(NOTES, range(2)))
+    assert time.monotonic() - started < 10  # refused at once, not retried as if the store were down
+    _assert_poison(info.value, poison, store.kind.limit_key)
+    assert info.value.limit <= LIMIT
+    assert sink.count() == 0  # nothing of that call
+
+    sink.upsert(fine)  # the sink is still usable, and the rest of the batch can go on without it
+    too_long = dataclasses.replace(fine[1], vector=None, text="y" * LIMIT, text_hash=text_hash("y" * LIMIT))
+    with pytest.raises(PointTooLarge) as info:
+        sink.update_payloads([dataclasses.replace(fine[0], vector=None, text="changed"), too_long])
+    _assert_poison(info.value, too_long, store.kind.limit_key)
+    assert_same(snapshot(sink), written(fine))
+
+
+# -- bulk deletes and generations -----------------------------------------------------------------------------
+
+
+def test_delete_table_removes_that_tables_points_only(sink: VectorSink) -> None:
+    docs, notes = points(DOCS, range(7)), points(NOTES, range(3))
+    sink.upsert(docs + notes)
+    sink.set_state("contract/doc", {"not": "a point"})
+    assert sink.delete_table(DOCS) == 7
+    assert_same(snapshot(sink), written(notes))
+    assert sink.delete_table(DOCS) == 0  # again: nothing left, harmless
+    assert sink.delete_table("public.nothing") == 0
+    assert sink.get_state("contract/doc") == {"not": "a point"}
+    sink.upsert(docs[:2])  # the table can be written again (a TRUNCATE followed by inserts)
+    assert_same(snapshot(sink), written(notes + docs[:2]))
+
+
+def test_generation_is_stored_by_upserts_and_payload_updates(sink: VectorSink) -> None:
+    big = 2**62 + 7  # beyond a float's exact integers
+    a, b = point(DOCS, 1, generation=big), point(DOCS, 2)
+    sink.upsert([a, b])
+    assert {p.id: p.generation for p in sink.iter_points()} == {a.id: big, b.id: 0}
+    assert sink.get_points([a.id])[a.id].generation == big
+    sink.update_payloads([dataclasses.replace(b, vector=None, generation=5), dataclasses.replace(a, vector=None, generation=0)])
+    assert {p.id: p.generation for p in sink.iter_points()} == {a.id: 0, b.id: 5}
+
+
+def test_delete_table_except_generation_removes_what_the_backfill_did_not_write(sink: VectorSink) -> None:
+    earlier = points(DOCS, range(6)) + [point(DOCS, 6, generation=3)]  # generation 0 (none) and an older one
+    notes = points(NOTES, range(2))
+    sink.upsert(earlier + notes)
+    # a backfill with generation 7 finds rows 0-2 (upserts) and 3 (a payload update), not 4-6
+    again = [dataclasses.replace(p, generation=7) for p in earlier[:3]]
+    sink.upsert(again)
+    payload_only = dataclasses.replace(earlier[3], vector=None, payload={"v": 2}, generation=7)
+    sink.update_payloads([payload_only])
+    assert sink.delete_table_except_generation(DOCS, 7) == 3
+    kept = again + [dataclasses.replace(payload_only, vector=earlier[3].vector)]
+    assert_same(snapshot(sink, DOCS), written(kept))
+    assert_same(snapshot(sink, NOTES), written(notes))  # another table, whatever its generations
+    assert sink.delete_table_except_generation(DOCS, 7) == 0
+    assert sink.delete_table_except_generation("public.nothing", 7) == 0
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError):
+            sink.delete_table_except_generation(DOCS, bad)  # type: ignore[arg-type]
+    assert sink.count() == 6

@@ -99,3 +99,43 @@ def test_a_batch_carries_the_commit_of_its_last_transaction(books: str) -> None:
                 )
     finally:
         source.close()
+
+
+def test_an_ack_is_sent_while_a_read_waits(books: str) -> None:
+    """The actor runs ``ack`` beside an idle ``read_batch`` (its control group): the ack must
+    reach the slot at once, not when the read's timeout ends (it used to wait ~0.2 s behind
+    every idle read in the pipeline)."""
+    import threading
+
+    from tests.support.harness import confirmed_lsn
+
+    source = _source(books)
+    source.start(backfill=True)
+    while not source.read_batch(1000, 0.5).snapshot_complete:
+        pass
+    try:
+        with psycopg.connect(books, autocommit=True) as conn:
+            conn.execute("INSERT INTO books (name, description) VALUES ('acked', 'while reading')")
+        batch = _read_until(source, 1, max_changes=100)[0]
+        assert batch.ack_lsn and confirmed_lsn(books, "restart_test") < batch.ack_lsn
+        seq = source._seq
+        reader = threading.Thread(target=source.read_batch, args=(100, 3.0))
+        reader.start()
+        try:
+            # the read has begun (and waits up to 3 s on the idle socket)
+            deadline = time.monotonic() + 5
+            while source._seq == seq:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            acked_at = time.monotonic()
+            source.ack(batch.ack_lsn)
+            while confirmed_lsn(books, "restart_test") < batch.ack_lsn:
+                assert time.monotonic() - acked_at < 1.0, "the ack waited for the read"
+                time.sleep(0.005)
+            took = time.monotonic() - acked_at
+            assert reader.is_alive(), "the read ended before the ack was checked"
+            assert took < 0.2, f"the slot confirmed {took * 1000:.0f} ms after the ack"
+        finally:
+            reader.join(10)
+    finally:
+        source.close()

@@ -18,8 +18,9 @@ import pytest
 from pydantic import SecretStr
 
 from actors.changes import point_id, text_hash
-from actors.sinks.base import SinkError, VectorPoint, open_sink
+from actors.sinks.base import PointError, PointTooLarge, SinkError, VectorPoint, open_sink
 from actors.sinks.mysql import INDEX_STATE_NAME, MAX_DIMENSION, MySQLSink
+from actors.sinks.mysql.dialects import MAX_TEXT_BYTES
 from actors.sinks.mysql.config import MySQLSinkConfig
 from tests.support.mariadb import MariaDBServer
 
@@ -508,6 +509,134 @@ def test_retry_deadline_gives_up_with_a_clear_error(server: MariaDBServer, table
     s.upsert(pts)  # the lock is gone: the same write now succeeds
     assert s.count() == 1
     s.close()
+
+
+# ----------------------------------------------------------------------------- sizes a point cannot have
+#
+# What MariaDB 10.11 and pymysql do without the sink's checks (seen here): a statement over
+# max_allowed_packet makes the server drop the connection (pymysql: 2006 "server has gone away",
+# or 2013 then 1153 "Got a packet bigger than 'max_allowed_packet'"), which looks like an outage
+# and was retried until the deadline; a value over a column (MEDIUMTEXT: 16 MiB) is error 1406
+# "Data too long for column ... at row N" in strict mode, and is cut silently without it.
+
+
+def _status(server: MariaDBServer, name: str) -> int:
+    with server.root_connection() as conn, conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
+        return int(cur.fetchone()[1])
+
+
+def _packet(server: MariaDBServer) -> int:
+    with server.root_connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@global.max_allowed_packet")
+        return int(cur.fetchone()[0])
+
+
+def test_a_text_over_the_mediumtext_column_is_a_permanent_error_naming_the_column(sink: MySQLSink) -> None:
+    fine = make_points(2)
+    big = make_points(3, seed=4)[2]
+    big.text = "é" * (MAX_TEXT_BYTES // 2 + 1)  # 8 Mi characters, 16 MiB + 1 byte in UTF-8
+    started = time.monotonic()
+    with pytest.raises(PointTooLarge) as info:
+        sink.upsert(fine + [big])
+    assert time.monotonic() - started < 5  # refused here, not retried
+    err = info.value
+    assert err.permanent and err.point_id == big.id and (err.size, err.limit) == (MAX_TEXT_BYTES + 1, MAX_TEXT_BYTES)
+    assert "MEDIUMTEXT" in str(err) and "16,777,215" in str(err) and "\n" not in str(err)
+    assert sink.count() == 0
+    sink.upsert(fine)
+    with pytest.raises(PointTooLarge):
+        sink.update_payloads([VectorPoint(fine[0].id, fine[0].table, fine[0].key, None, big.text, "h", {})])
+    assert {p.id: p.text for p in sink.iter_points()} == {p.id: p.text for p in fine}
+
+
+def test_a_row_over_max_allowed_packet_is_a_permanent_error_measured_on_the_escaped_sql(
+    server: MariaDBServer, sink: MySQLSink
+) -> None:
+    packet = _packet(server)
+    p = make_points(1)[0]
+    p.text = "'" * (packet // 2 + 1)  # fits the column, but every quote is sent escaped: twice the packet
+    with pytest.raises(PointTooLarge) as info:
+        sink.upsert([p])
+    err = info.value
+    assert err.point_id == p.id and err.limit < packet < err.size and "max_allowed_packet" in str(err)
+    assert f"{packet:,}" in str(err) and "\n" not in str(err)
+    sink.upsert(make_points(2))  # the connection is fine: nothing too large was sent
+    assert sink.count() == 2
+
+
+def test_a_row_just_under_max_allowed_packet_is_written(server: MariaDBServer, sink: MySQLSink) -> None:
+    """The limit is the packet (less 1 KiB), not a fraction of it: a 15 MiB text fits a 16 MiB packet."""
+    packet = _packet(server)
+    p = make_points(1)[0]
+    p.text = "x" * (packet - (4 << 10))
+    sink.upsert([p])
+    (got,) = sink.get_points([p.id]).values()
+    assert len(got.text) == len(p.text)
+
+
+def test_a_value_the_server_refuses_as_too_long_is_a_point_error_naming_the_point(
+    server: MariaDBServer, sink: MySQLSink, table_name: str
+) -> None:
+    """A narrower text column (say TEXT, 64 KiB, altered by hand) passes the sink's own check;
+    the server's error 1406 names the row, and the sink names its point."""
+    with server.user_connection() as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER TABLE `{table_name}` MODIFY `text` TEXT NOT NULL")
+    pts = make_points(4)
+    pts[2].text = "x" * 70_000
+    with pytest.raises(PointError) as info:
+        sink.upsert(pts)
+    assert info.value.permanent and info.value.point_id == pts[2].id
+    assert "1406" in str(info.value) and pts[2].id in str(info.value) and "\n" not in str(info.value)
+    assert sink.count() == 0
+    sink.upsert(pts[:2])
+    with pytest.raises(PointError) as info:
+        sink.update_payloads([VectorPoint(pts[1].id, pts[1].table, pts[1].key, None, "y" * 70_000, "h", {})])
+    assert info.value.point_id == pts[1].id
+
+
+# ----------------------------------------------------------------------------- bulk deletes, generations
+
+
+def test_delete_table_runs_in_chunks_of_bounded_transactions(server: MariaDBServer, table_name: str) -> None:
+    s = MySQLSink(_config(server, table_name), delete_chunk_rows=100)
+    s.ensure_ready(DIM)
+    try:
+        docs = make_points(350, tables=("public.docs",))
+        notes = make_points(20, seed=1, tables=("public.notes",))
+        s.upsert(docs + notes)
+        deletes, commits = _status(server, "Com_delete"), _status(server, "Com_commit")
+        assert s.delete_table("public.docs") == 350
+        assert _status(server, "Com_delete") - deletes >= 4  # 100 + 100 + 100 + 50 rows
+        assert _status(server, "Com_commit") - commits >= 4  # one transaction each
+        assert {p.table for p in s.iter_points()} == {"public.notes"} and s.count() == 20
+        for i, p in enumerate(notes):
+            p.generation = 9 if i % 2 else 0
+        s.upsert(notes)
+        assert s.delete_table_except_generation("public.notes", 9) == 10
+        assert {p.generation for p in s.iter_points()} == {9}
+    finally:
+        s.close()
+
+
+def test_a_table_from_before_generations_gets_the_column_with_zero(server: MariaDBServer, table_name: str) -> None:
+    s = MySQLSink(_config(server, table_name))
+    s.ensure_ready(DIM)
+    pts = make_points(4)
+    s.upsert(pts)
+    s.close()
+    with server.user_connection() as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER TABLE `{table_name}` DROP COLUMN `generation`")  # as every table was before
+    again = MySQLSink(_config(server, table_name))
+    try:
+        again.ensure_ready(DIM)
+        assert {p.id: p.generation for p in again.iter_points()} == {p.id: 0 for p in pts}
+        pts[0].generation = 3
+        again.upsert(pts[:1])
+        assert again.delete_table_except_generation("public.docs", 3) == 1  # pts[2]; pts[0] is the new generation
+        assert sorted(p.id for p in again.iter_points()) == sorted(p.id for p in (pts[0], pts[1], pts[3]))
+    finally:
+        again.close()
 
 
 # ----------------------------------------------------------------------------- the test server helper

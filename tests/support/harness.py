@@ -153,13 +153,18 @@ class RunningApp:
         self.base = f"http://127.0.0.1:{port}"
 
     def wait_healthy(self, timeout: float = 240.0) -> None:
+        exited: list[str] = []
+
         def healthy() -> bool:
             if not self.cli.alive():
-                raise AssertionError(f"embedcluster exited early:\n{self.cli.output()[-4000:]}")
+                exited.append(self.cli.output()[-4000:])
+                return True  # stop waiting: a run that exited never gets healthy
             status, body = http_get(self.base + "/healthz", timeout=5)
             return status == 200 and body == {"status": "ok"}
 
         wait_for(healthy, timeout, "GET /healthz to answer ok", interval=0.5)
+        if exited:
+            raise AssertionError(f"embedcluster exited early:\n{exited[0]}")
 
     def search(self, q: str, k: int = 5) -> dict[str, Any]:
         status, body = http_get(f"{self.base}/search?" + urllib.parse.urlencode({"q": q, "k": k}))
@@ -176,6 +181,19 @@ def start_run(config: Path, port: int, log_path: Path) -> RunningApp:
     app = RunningApp(CliProcess(["run", "--config", str(config)], log_path), port)
     app.wait_healthy()
     return app
+
+
+def ray_actor_pids(name: str) -> list[int]:
+    """Pids of the Ray worker processes running actor class ``name`` (their title is ``ray::<name>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 # --- sockets -------------------------------------------------------------------

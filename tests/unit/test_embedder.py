@@ -330,3 +330,59 @@ def test_threads_per_worker_makes_fewer_wider_workers():
     assert (wide.workers, wide.threads_per_worker) == (1, 2)
     assert wide._model_pool.submit(__import__("torch").get_num_threads).result() == 2
     assert wide.embed(["one text"]).shape == (1, DIM)
+
+
+# -- huge texts ----------------------------------------------------------------------------
+
+
+class _RecordingTokenizer:
+    """The embedder's tokenizer, recording the length of every text it is given."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def __call__(self, texts, **kwargs):
+        self.lengths += [len(t) for t in texts]
+        return self._tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_a_100_mb_text_costs_what_a_max_length_text_does(embedder, monkeypatch):
+    import time
+    import tracemalloc
+
+    from actors.embedder import CHARS_PER_TOKEN
+
+    huge = "lorem ipsum dolor sit amet, " * (100_000_000 // 28)  # 100 MB, ~20M tokens
+    recording = _RecordingTokenizer(embedder.tokenizer)
+    monkeypatch.setattr(embedder, "tokenizer", recording)
+    window = embedder.max_length * CHARS_PER_TOKEN
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        (out,), d = delta(embedder, lambda: (embedder.embed([huge]),))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    seconds = time.perf_counter() - started
+    # the tokenizer read a bounded head, not the 100 MB (which took ~80 s and ~13 GiB here)
+    assert recording.lengths and max(recording.lengths) <= window
+    assert peak < 20 << 20, peak  # the whole text's token ids alone would be ~1 GB of Python ints
+    assert seconds < 30, seconds  # generous: a max-length text takes well under a second
+    assert d["truncated"] == 1 and d["tokens"] == embedder.max_length
+    # and the vector is the one of the text's first max_length tokens
+    np.testing.assert_allclose(out[0], embedder.embed([huge[: 2 * window]])[0], atol=1e-6)
+
+
+def test_a_head_of_whitespace_is_read_further_until_there_are_tokens(embedder, monkeypatch):
+    from actors.embedder import CHARS_PER_TOKEN
+
+    text = " " * (embedder.max_length * CHARS_PER_TOKEN * 3) + "a desert planet and a noble family"
+    recording = _RecordingTokenizer(embedder.tokenizer)
+    monkeypatch.setattr(embedder, "tokenizer", recording)
+    out = embedder.embed([text, "a desert planet and a noble family"])
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+    assert max(recording.lengths) <= len(text)

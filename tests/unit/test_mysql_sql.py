@@ -76,12 +76,12 @@ SELECT_MDB = "SELECT `id`, `source_table`, `source_key`, `payload`, VEC_ToText(`
 
 UPSERT_HEAD = (
     "INSERT INTO `embeddings` (`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`, "
-    "`content_hash`, `embedding`) VALUES "
+    "`content_hash`, `generation`, `embedding`) VALUES "
 )
 UPSERT_TAIL = (
     " ON DUPLICATE KEY UPDATE `source_table` = VALUES(`source_table`), `source_key` = VALUES(`source_key`), "
     "`text` = VALUES(`text`), `text_hash` = VALUES(`text_hash`), `payload` = VALUES(`payload`), "
-    "`content_hash` = VALUES(`content_hash`), `embedding` = VALUES(`embedding`)"
+    "`content_hash` = VALUES(`content_hash`), `generation` = VALUES(`generation`), `embedding` = VALUES(`embedding`)"
 )
 
 
@@ -95,6 +95,7 @@ def _create_table(vector_type: str, extra: str = "") -> str:
         "  `text_hash` VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,\n"
         "  `payload` JSON NOT NULL,\n"
         "  `content_hash` CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,\n"
+        "  `generation` BIGINT NOT NULL DEFAULT 0,\n"
         f"  `embedding` {vector_type} NOT NULL,\n"
         "  PRIMARY KEY (`id`),\n"
         "  KEY `embeddings_source_table` (`source_table`)"
@@ -122,7 +123,7 @@ class TestCloudSQL:
 
     def test_upsert(self) -> None:
         # [CSQL-GEN] "Insert ... string_to_vector('[1,2,3]')"; [CSQL-FUNC] string_to_vector.
-        row = "(%s, %s, %s, %s, %s, %s, %s, string_to_vector(%s))"
+        row = "(%s, %s, %s, %s, %s, %s, %s, %s, string_to_vector(%s))"
         assert self.d.upsert_sql() == UPSERT_HEAD + row + UPSERT_TAIL
         assert self.d.upsert_sql(2) == UPSERT_HEAD + row + ", " + row + UPSERT_TAIL
 
@@ -215,7 +216,7 @@ class TestCloudSQLPreview:
 
     def test_upsert(self) -> None:
         # [CSQL-PREV] values written with string_to_vector('[..]').
-        row = "(%s, %s, %s, %s, %s, %s, %s, string_to_vector(%s))"
+        row = "(%s, %s, %s, %s, %s, %s, %s, %s, string_to_vector(%s))"
         assert self.d.upsert_sql() == UPSERT_HEAD + row + UPSERT_TAIL
 
     def test_delete(self) -> None:
@@ -290,7 +291,7 @@ class TestMariaDB:
 
     def test_upsert(self) -> None:
         # [MDB-COS] / Vector Overview: values converted with VEC_FromText('[..]').
-        row = "(%s, %s, %s, %s, %s, %s, %s, VEC_FromText(%s))"
+        row = "(%s, %s, %s, %s, %s, %s, %s, %s, VEC_FromText(%s))"
         assert self.d.upsert_sql() == UPSERT_HEAD + row + UPSERT_TAIL
 
     def test_delete(self) -> None:
@@ -341,7 +342,7 @@ class TestPortable:
         assert self.d.create_table_sql(384) == _create_table("VARBINARY(1536)")
 
     def test_upsert_binds_raw_bytes(self) -> None:
-        assert self.d.upsert_sql() == UPSERT_HEAD + "(%s, %s, %s, %s, %s, %s, %s, %s)" + UPSERT_TAIL
+        assert self.d.upsert_sql() == UPSERT_HEAD + "(%s, %s, %s, %s, %s, %s, %s, %s, %s)" + UPSERT_TAIL
         assert self.d.encode_vector(np.array([1.0, -2.0], dtype=np.float32)) == b"\x00\x00\x80\x3f\x00\x00\x00\xc0"
 
     def test_exact_scan_and_filtered_scan(self) -> None:
@@ -351,7 +352,7 @@ class TestPortable:
         )
 
     def test_points_by_id_and_keyset_pages(self) -> None:
-        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`"
+        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`, `generation`"
         assert self.d.points_sql(2) == f"SELECT {cols} FROM `embeddings` WHERE `id` IN (%s, %s)"
         assert self.d.iter_sql(False, True) == (
             f"SELECT {cols} FROM `embeddings` WHERE `source_table` = %s AND `id` > %s ORDER BY `id` LIMIT %s"
@@ -381,8 +382,25 @@ def test_state_table_and_statements() -> None:
     assert d.state_get_sql() == "SELECT `value` FROM `embeddings_state` WHERE `name` = %s"
     assert d.update_payload_sql() == (
         "UPDATE `embeddings` SET `source_table` = %s, `source_key` = %s, `text` = %s, `text_hash` = %s, "
-        "`payload` = %s, `content_hash` = %s WHERE `id` = %s"
+        "`payload` = %s, `content_hash` = %s, `generation` = %s WHERE `id` = %s"
     )
+    assert d.add_generation_column_sql() == (
+        "ALTER TABLE `embeddings` ADD COLUMN `generation` BIGINT NOT NULL DEFAULT 0"
+    )
+
+
+def test_bulk_delete_statements() -> None:
+    """delete_table / delete_table_except_generation: a keyset chunk of one source table's ids
+    (the source-table index holds (source_table, id)), then a delete of those ids by primary key."""
+    d = PortableSQL(TABLE, DB)
+    assert d.table_ids_sql(False) == (
+        "SELECT `id` FROM `embeddings` WHERE `source_table` = %s AND `id` > %s ORDER BY `id` LIMIT %s"
+    )
+    assert d.table_ids_sql(True) == (
+        "SELECT `id` FROM `embeddings` WHERE `source_table` = %s AND `id` > %s AND `generation` <> %s "
+        "ORDER BY `id` LIMIT %s"
+    )
+    assert d.delete_sql(2) == "DELETE FROM `embeddings` WHERE `id` IN (%s, %s)"
 
 
 # ============================================================== dialect detection

@@ -90,3 +90,52 @@ def test_a_failing_call_rolls_back_the_whole_batch(tmp_path):
     persist("c")  # outside a batch: the connection's own per-statement commit
     assert _rows_on_disk(db_file) == 3
     connection.close()
+
+
+def test_max_request_bytes_defaults_below_the_servers_32_mib_and_is_validated():
+    import pytest
+    from pydantic import ValidationError
+
+    assert QdrantSinkConfig().max_request_bytes == (32 << 20) - (1 << 20)
+    with pytest.raises(ValidationError, match="max_request_bytes"):
+        QdrantSinkConfig(max_request_bytes=100)
+
+
+def test_a_split_upsert_is_still_one_transaction_in_the_embedded_store(tmp_path):
+    """Several requests of one call (a small sink.max_request_bytes) commit together, once."""
+    config = QdrantSinkConfig(path=str(tmp_path / "q"), collection="unit", max_request_bytes=16 << 10)
+    sink = QdrantSink(config)
+    sink.ensure_ready(4)
+    storage = sink.client._client.collections["unit"].storage
+    db_file = str(storage.location)
+    calls = []
+    send = sink._request
+
+    def counted(method, collection, **kwargs):
+        calls.append(method)
+        if len(calls) == 2:  # the first request is applied, but not committed yet
+            assert _rows_on_disk(db_file) == 0
+        return send(method, collection, **kwargs)
+
+    sink._request = counted
+    big = [VectorPoint(p.id, p.table, p.key, p.vector, "t" * 2000, "h", {}) for p in (_point(i) for i in range(30))]
+    sink.upsert(big)
+    assert calls.count("upsert") >= 4 and _rows_on_disk(db_file) == 30
+    sink.close()
+
+
+def test_a_point_too_large_names_the_key_and_how_to_raise_it(tmp_path):
+    import pytest
+
+    from actors.sinks.base import PointTooLarge
+
+    sink = QdrantSink(QdrantSinkConfig(path=":memory:", collection="unit", max_request_bytes=16 << 10))
+    sink.ensure_ready(4)
+    p = _point(1)
+    p.text = "x" * (20 << 10)
+    with pytest.raises(PointTooLarge) as info:
+        sink.upsert([p])
+    message = str(info.value)
+    assert "sink.max_request_bytes" in message and "service.max_request_size_mb" in message
+    assert info.value.limit == (16 << 10) - 512 and info.value.size > 20 << 10
+    sink.close()

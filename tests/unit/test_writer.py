@@ -164,6 +164,9 @@ def test_apply_counters_and_lsn(writer):
         "payload_only_updates": 0,
         "last_batch": 2,
         "last_commit_lsn": "0/180",
+        "dead_letters": 0,
+        "dead_lettered": 0,
+        "sink_unavailable_s": None,
     }
 
 

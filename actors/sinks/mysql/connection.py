@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import pymysql
 import pymysql.err
 
-from actors.sinks.base import SinkError
+from actors.sinks.base import PointError, SinkError
 from actors.sinks.mysql.dialects import Statement
 from actors.sinks.mysql.dsn import MySQLDsn
 
@@ -74,6 +74,8 @@ class ConnectionMixin:
     _connect_timeout_s: int
     _statement_cap: int | None
     _max_statement_bytes: int
+    _statement_limit: int
+    _max_allowed_packet: int
 
     def _connect(self) -> None:
         """Open the connection, turning failures into one-line :class:`SinkError`s."""
@@ -112,9 +114,25 @@ class ConnectionMixin:
         except BaseException:
             conn.close()
             raise
-        # Stay well below max_allowed_packet: escaping and the statement text add overhead.
-        self._max_statement_bytes = max(64 << 10, min(packet // 2, 16 << 20, self._statement_cap or (16 << 20)))
+        self._set_statement_limits(packet)
         self._conn = conn
+
+    def _set_statement_limits(self, packet: int) -> None:
+        """Statement sizes from the server's ``max_allowed_packet`` (read on every connect).
+
+        ``_statement_limit`` is the hard limit of one statement: the packet less
+        1 KiB of headroom (sizes are measured on the escaped SQL, exactly what is
+        sent; the packet adds a command byte).  A row that alone exceeds it is a
+        :class:`PointTooLarge`.  ``_max_statement_bytes`` is the target size of a
+        multi-row statement: at most 16 MiB, so one statement stays cheap for
+        the server to parse and log.  The ``max_statement_bytes`` knob lowers both.
+        """
+        self._max_allowed_packet = packet
+        limit = packet - min(1 << 10, packet // 8)
+        if self._statement_cap:
+            limit = min(limit, self._statement_cap)
+        self._statement_limit = limit
+        self._max_statement_bytes = min(limit, 16 << 20)
 
     def _connect_error(self, exc: BaseException) -> SinkError:
         d = self._dsn
@@ -203,8 +221,8 @@ class ConnectionMixin:
                         if autocommit and self._conn is not None and self._conn.open:
                             self._conn.autocommit(False)
                     return result
-                except SinkError:
-                    self._rollback()
+                except (SinkError, PointError):
+                    self._rollback()  # nothing of this transaction is applied
                     raise
                 except (pymysql.err.MySQLError, OSError) as exc:
                     self._rollback()

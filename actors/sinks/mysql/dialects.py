@@ -23,6 +23,9 @@ MAX_DIMENSION = 16_000
 #: The table's one vector column.
 VECTOR_COLUMN = "embedding"
 
+#: What the ``text`` column (MEDIUMTEXT) holds at most, in bytes.
+MAX_TEXT_BYTES = (1 << 24) - 1
+
 Statement = tuple[str, tuple[Any, ...]]
 
 
@@ -80,6 +83,7 @@ class SqlDialect:
             "`text_hash` VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
             "`payload` JSON NOT NULL",
             "`content_hash` CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
+            "`generation` BIGINT NOT NULL DEFAULT 0",
             f"{self.q_vec} {self.vector_column_type(dimension)} NOT NULL",
             "PRIMARY KEY (`id`)",
             f"KEY {self.q_source_index} (`source_table`)",
@@ -108,6 +112,10 @@ class SqlDialect:
             "COLLATE ascii_bin NOT NULL DEFAULT ''"
         )
 
+    def add_generation_column_sql(self) -> str:
+        """Migration for tables created before ``generation`` existed (their rows get 0: "none")."""
+        return f"ALTER TABLE {self.q_table} ADD COLUMN `generation` BIGINT NOT NULL DEFAULT 0"
+
     def columns_sql(self) -> Statement:
         """Column metadata of the vector table (used for dimension/type checks)."""
         return (
@@ -133,7 +141,7 @@ class SqlDialect:
     def encode_vector(self, vector: np.ndarray) -> str | bytes:
         return vector_to_text(vector) if self.vector_as_text else vector_to_bytes(vector)
 
-    _UPSERT_COLUMNS = ("id", "source_table", "source_key", "text", "text_hash", "payload", "content_hash")
+    _UPSERT_COLUMNS = ("id", "source_table", "source_key", "text", "text_hash", "payload", "content_hash", "generation")
 
     def upsert_prefix(self) -> str:
         cols = ", ".join(f"`{c}`" for c in (*self._UPSERT_COLUMNS, VECTOR_COLUMN))
@@ -155,11 +163,20 @@ class SqlDialect:
     def delete_sql(self, n: int) -> str:
         return f"DELETE FROM {self.q_table} WHERE `id` IN ({', '.join(['%s'] * n)})"
 
+    def table_ids_sql(self, except_generation: bool) -> str:
+        """The next chunk of a source table's ids, in id order (delete_table and
+        delete_table_except_generation); params: (source_table, after_id, [generation,] limit)."""
+        stale = " AND `generation` <> %s" if except_generation else ""
+        return (
+            f"SELECT `id` FROM {self.q_table} WHERE `source_table` = %s AND `id` > %s{stale} "
+            "ORDER BY `id` LIMIT %s"
+        )
+
     def update_payload_sql(self) -> str:
         """Overwrite everything but the vector of one existing row."""
         return (
             f"UPDATE {self.q_table} SET `source_table` = %s, `source_key` = %s, `text` = %s, `text_hash` = %s, "
-            "`payload` = %s, `content_hash` = %s WHERE `id` = %s"
+            "`payload` = %s, `content_hash` = %s, `generation` = %s WHERE `id` = %s"
         )
 
     def lock_ids_sql(self, n: int) -> str:
@@ -190,7 +207,7 @@ class SqlDialect:
         )
 
     def _point_columns(self, with_vectors: bool) -> str:
-        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`"
+        cols = "`id`, `source_table`, `source_key`, `text`, `text_hash`, `payload`, `generation`"
         return f"{cols}, {self.vector_select()}" if with_vectors else cols
 
     def iter_sql(self, with_vectors: bool, filtered: bool) -> str:
@@ -230,6 +247,10 @@ class SqlDialect:
 
     def state_delete_sql(self) -> str:
         return f"DELETE FROM {self.q_state} WHERE `name` = %s"
+
+    def state_list_sql(self) -> str:
+        """Names and documents whose name starts with a prefix (params: its length, the prefix)."""
+        return f"SELECT `name`, `value` FROM {self.q_state} WHERE LEFT(`name`, %s) = %s ORDER BY `name`"
 
     # ---- vector index
     def index_lookup_sql(self) -> list[Statement]:

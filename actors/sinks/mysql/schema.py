@@ -144,6 +144,8 @@ class SchemaMixin:
         self._dimension = dimension
         if "content_hash" not in types:
             self._schema_change([self.sql.add_content_hash_column_sql()], "adding column content_hash")
+        if "generation" not in types:
+            self._schema_change([self.sql.add_generation_column_sql()], "adding column generation")
         if self.sql.has_ann and not self.sql.size_managed_index and not self._index_present():
             # MariaDB: the table normally carries its index from CREATE TABLE; add it if not.
             self._execute_statements(

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pymysql
 
-from actors.sinks.base import MissingPointError, SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
+from actors.sinks.base import (
+    MissingPointError,
+    PointError,
+    PointTooLarge,
+    SearchHit,
+    SinkError,
+    StoredPoint,
+    VectorPoint,
+    VectorSink,
+    check_generation,
+)
 from actors.sinks.mysql.config import MySQLSinkConfig
-from actors.sinks.mysql.connection import ConnectionMixin
-from actors.sinks.mysql.dialects import make_dialect, quote_ident
+from actors.sinks.mysql.connection import ConnectionMixin, _error_code, _error_text
+from actors.sinks.mysql.dialects import MAX_TEXT_BYTES, make_dialect, quote_ident
 from actors.sinks.mysql.dsn import parse_dsn
 from actors.sinks.mysql.encoding import content_hash, dump_json, vector_to_text
 from actors.sinks.mysql.index import IndexMixin
@@ -26,6 +37,9 @@ from actors.sinks.mysql.schema import SchemaMixin
 from actors.sinks.mysql.server import Dialect, ServerInfo, _log_once, check_dialect_supported, detect_dialect
 
 log = logging.getLogger(__name__)
+
+#: ids in one ``... IN (...)`` statement at most (fewer when the statement size limit says so)
+_IDS_PER_STATEMENT = 5000
 
 
 class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
@@ -35,7 +49,15 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
     ``retry_deadline_s`` bounds the exponential backoff on transient errors,
     ``scan_chunk_rows`` is the page size of streamed reads, ``lock_wait_timeout_s``
     sets the session's ``innodb_lock_wait_timeout``, ``max_statement_bytes`` caps
-    one multi-row INSERT (else half of the server's ``max_allowed_packet``).
+    one statement below what the server's ``max_allowed_packet`` allows (read on
+    every connect), ``delete_chunk_rows`` is how many rows one transaction of a
+    bulk delete (``delete``, ``delete_table``...) removes at most.
+
+    Statement sizes: every statement is measured on its escaped SQL before it
+    is sent and stays within ``max_allowed_packet`` (less 1 KiB); upserts are
+    multi-row INSERTs of at most 16 MiB, id lists are split by bytes.  A single
+    row that cannot fit, or a text over the MEDIUMTEXT column's 16 MiB, raises
+    :class:`PointTooLarge` and the call's transaction is rolled back.
     """
 
     shared = True
@@ -49,6 +71,7 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
         lock_wait_timeout_s: int | None = None,
         connect_timeout_s: int = 10,
         max_statement_bytes: int | None = None,
+        delete_chunk_rows: int = 5000,
     ) -> None:
         self._config = config
         password = config.password.get_secret_value() if config.password is not None else None
@@ -64,6 +87,9 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
         self._conn: pymysql.connections.Connection | None = None
         self._statement_cap = max_statement_bytes
         self._max_statement_bytes = 4 << 20
+        self._statement_limit = 4 << 20
+        self._max_allowed_packet = 4 << 20
+        self._delete_chunk_rows = max(1, int(delete_chunk_rows))
         self._connect()
         self.server = self._read_server_info()
         if config.dialect == "auto":
@@ -108,84 +134,200 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
             raise SinkError(f"{what} contains NaN or infinite values; the embedder produced an invalid vector")
         return arr
 
+    def _check_text(self, p: VectorPoint) -> None:
+        """Refuse a text the ``text`` column (MEDIUMTEXT) cannot hold, before anything is sent.
+
+        MariaDB and MySQL in strict mode fail the statement (error 1406), and
+        without strict mode they cut the text silently.
+        """
+        if len(p.text) * 4 <= MAX_TEXT_BYTES:  # a character is at most 4 bytes in UTF-8
+            return
+        size = len(p.text.encode("utf-8", "surrogatepass"))
+        if size > MAX_TEXT_BYTES:
+            raise PointTooLarge(
+                p.id, p.table, size, MAX_TEXT_BYTES, f"the text column (MEDIUMTEXT) of sink.table {self.sql.table}",
+                "shorten the row's text (the template in tables[].text renders it)",
+            )
+
+    def _row_too_large(self, point_id: str, table: str, size: int) -> PointTooLarge:
+        if self._statement_cap and self._statement_limit == self._statement_cap:
+            key, fix = "max_statement_bytes (MySQLSink)", "raise max_statement_bytes or shorten the row's text"
+        else:
+            key = f"the server's max_allowed_packet ({self._max_allowed_packet:,} bytes, less 1 KiB of headroom)"
+            fix = ("raise max_allowed_packet on the server (SET GLOBAL max_allowed_packet = ..., or the "
+                   "database flag on Cloud SQL) or shorten the row's text")
+        return PointTooLarge(point_id, table, size, self._statement_limit, key, fix)
+
+    def _execute_rows(self, cur: Any, sql: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Run one statement writing ``rows`` ((id, table) each, in statement order).
+
+        A value a column cannot hold (error 1406, "Data too long for column ...
+        at row N") is a :class:`PointError` naming that row's point: retrying
+        cannot help.
+        """
+        try:
+            cur.execute(sql)
+        except pymysql.err.DataError as exc:
+            if _error_code(exc) != 1406:
+                raise
+            text = _error_text(exc)
+            m = re.search(r"at row (\d+)", text)
+            index = int(m.group(1)) - 1 if m else 0
+            point_id, table = rows[index] if 0 <= index < len(rows) else rows[0]
+            raise PointError(
+                point_id,
+                f"point {point_id} of {table} does not fit sink.table {self.sql.table} (error 1406: {text}): "
+                "shorten the row's text or payload",
+            ) from None
+
     def _insert_many(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         """executemany-style multi-row INSERT ... ON DUPLICATE KEY UPDATE.
 
         pymysql's own executemany only folds rows when every value is a bare
         ``%s``; vector dialects wrap the vector in a function call, so rows are
-        folded here the same way (values still escaped by the driver).
+        folded here the same way (values still escaped by the driver).  Each
+        statement stays within ``_max_statement_bytes``; a row alone over the
+        hard ``_statement_limit`` raises :class:`PointTooLarge`.
         """
         prefix = self.sql.upsert_prefix()
         suffix = self.sql.upsert_suffix()
         row_sql = self.sql.upsert_row()
-        budget = self._max_statement_bytes
+        fixed = len(prefix) + len(suffix)
         parts: list[str] = []
-        size = len(prefix) + len(suffix)
+        written: list[tuple[str, str]] = []
+        size = fixed
         for row in rows:
             values = cur.mogrify(row_sql, row)
-            # The driver sends the statement as UTF-8 (escaped binary as surrogates).
-            nbytes = len(values.encode("utf-8", "surrogateescape"))
-            if nbytes + len(prefix) + len(suffix) > budget:
-                raise SinkError(
-                    f"point {row[0]} is {nbytes:,} bytes as SQL, more than max_allowed_packet allows: raise the "
-                    "server's max_allowed_packet"
-                )
-            if parts and size + nbytes + 2 > budget:
-                cur.execute(prefix + ", ".join(parts) + suffix)
-                parts, size = [], len(prefix) + len(suffix)
+            nbytes = _sql_bytes(values)
+            if fixed + nbytes > self._statement_limit:
+                raise self._row_too_large(str(row[0]), str(row[1]), fixed + nbytes)
+            if parts and size + nbytes + 2 > self._max_statement_bytes:
+                self._execute_rows(cur, prefix + ", ".join(parts) + suffix, written)
+                parts, written, size = [], [], fixed
             parts.append(values)
+            written.append((str(row[0]), str(row[1])))
             size += nbytes + 2
         if parts:
-            cur.execute(prefix + ", ".join(parts) + suffix)
+            self._execute_rows(cur, prefix + ", ".join(parts) + suffix, written)
+
+    def _id_statements(self, ids: Sequence[str], sql: Callable[[int], str]) -> Iterator[list[str]]:
+        """``ids`` in runs for ``sql(n)`` (``... IN (n marks)``) statements within the statement size
+        limit, at most 5000 ids each."""
+        budget = self._statement_limit - len(sql(0)) - 64
+        chunk: list[str] = []
+        used = 0
+        for i in ids:
+            size = len(i) + 4  # quoted, and ", " between
+            if chunk and (used + size > budget or len(chunk) >= _IDS_PER_STATEMENT):
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(i)
+            used += size
+        if chunk:
+            yield chunk
+
+    def _delete_ids(self, cur: Any, ids: Sequence[str]) -> None:
+        for chunk in self._id_statements(ids, self.sql.delete_sql):
+            cur.execute(self.sql.delete_sql(len(chunk)), chunk)
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
-        """Insert or overwrite points in one transaction; committed (durable) on return."""
+        """Insert or overwrite points in one transaction; committed (durable) on return.
+
+        Raises :class:`PointTooLarge` (nothing of the call applied) for a point
+        whose text the column cannot hold or whose row exceeds ``max_allowed_packet``.
+        """
         if not points:
             return
         dimension = self._require_dimension()
         rows = []
         for p in points:
+            self._check_text(p)
             vec = self._check_vector(p.vector, dimension, f"point {p.id} ({p.table})")
             rows.append((p.id, *_stored_fields(p), self.sql.encode_vector(vec)))
         self._run(f"upserting {len(rows)} points", lambda cur: self._insert_many(cur, rows))
         self._after_write(len(rows))
 
     def delete(self, point_ids: Sequence[str]) -> None:
-        """Delete points by id (missing ids ignored) in one transaction; committed on return."""
-        ids = list(dict.fromkeys(point_ids))
-        if not ids:
+        """Delete points by id (missing ids ignored); committed on return.
+
+        One transaction per ``delete_chunk_rows`` ids (a million ids do not make
+        one huge transaction; deletes are idempotent, so a call interrupted
+        half-way is completed by its replay), statements split by bytes.
+        """
+        if not point_ids:
             return
-
-        def run(cur: Any) -> None:
-            for i in range(0, len(ids), 1000):
-                chunk = ids[i : i + 1000]
-                cur.execute(self.sql.delete_sql(len(chunk)), chunk)
-
-        self._run(f"deleting {len(ids)} points", run)
+        ids = list(point_ids)
+        step = self._delete_chunk_rows
+        for start in range(0, len(ids), step):
+            chunk = list(dict.fromkeys(ids[start : start + step]))
+            self._run(f"deleting {len(chunk)} points", lambda cur, chunk=chunk: self._delete_ids(cur, chunk))
         self._after_write(len(ids))
 
+    def delete_table(self, table: str) -> int:
+        """Delete every point of ``table``: ``delete_chunk_rows`` ids at a time, each chunk its own
+        transaction (ids found by the source-table index in id order, then deleted by primary key)."""
+        return self._delete_table_rows(table, None)
+
+    def delete_table_except_generation(self, table: str, generation: int) -> int:
+        """Delete the points of ``table`` whose ``generation`` column is not ``generation``, in chunks
+        like :meth:`delete_table`."""
+        return self._delete_table_rows(table, check_generation(generation))
+
+    def _delete_table_rows(self, table: str, generation: int | None) -> int:
+        if not self._table_ready():
+            return 0
+        sql = self.sql.table_ids_sql(generation is not None)
+        limit = self._delete_chunk_rows
+        after = ""
+        removed = 0
+        while True:
+            params = (table, after, generation, limit) if generation is not None else (table, after, limit)
+
+            def chunk(cur: Any, params: tuple[Any, ...] = params) -> list[str]:
+                cur.execute(sql, params)
+                ids = [str(r[0]) for r in cur.fetchall()]
+                self._delete_ids(cur, ids)
+                return ids
+
+            ids = self._run(f"deleting points of {table}", chunk)
+            removed += len(ids)
+            if len(ids) < limit:
+                break
+            after = ids[-1]  # keyset: the next chunk starts after it (no rescan of deleted entries)
+        if removed:
+            self._after_write(removed)
+        return removed
+
     def update_payloads(self, points: Sequence[VectorPoint]) -> None:
-        """Overwrite table/key/text/payload of existing points, keeping their vectors.
+        """Overwrite table/key/text/payload/generation of existing points, keeping their vectors.
 
         One transaction: the rows are locked and checked first, and if any point
         is missing :class:`MissingPointError` rolls the whole call back (an UPDATE
-        of a missing row changes nothing and says so only in a row count).
+        of a missing row changes nothing and says so only in a row count); a row
+        too large for one statement raises :class:`PointTooLarge`, also rolled back.
         """
         if not points:
             return
+        for p in points:
+            self._check_text(p)
         ids = list(dict.fromkeys(p.id for p in points))
         rows = [(*_stored_fields(p), p.id) for p in points]
+        update_sql = self.sql.update_payload_sql()
 
         def run(cur: Any) -> None:
             found: set[str] = set()
-            for i in range(0, len(ids), 1000):
-                chunk = ids[i : i + 1000]
+            for chunk in self._id_statements(ids, self.sql.lock_ids_sql):
                 cur.execute(self.sql.lock_ids_sql(len(chunk)), chunk)
                 found.update(str(r[0]) for r in cur.fetchall())
             missing = [i for i in ids if i not in found]
             if missing:
                 raise MissingPointError(missing)  # _run rolls back: nothing of this call is applied
-            cur.executemany(self.sql.update_payload_sql(), rows)
+            for p, row in zip(points, rows):
+                statement = cur.mogrify(update_sql, row)
+                size = _sql_bytes(statement)
+                if size > self._statement_limit:
+                    raise self._row_too_large(p.id, p.table, size)
+                self._execute_rows(cur, statement, [(p.id, p.table)])
 
         self._run(f"updating {len(rows)} payloads", run)
 
@@ -208,15 +350,15 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
         return {str(r[0]): str(r[1]) for r in rows}
 
     def _select_by_ids(self, sql: Callable[[int], str], point_ids: Sequence[str], what: str) -> list[tuple[Any, ...]]:
-        """Rows of ``sql(n)`` (``... WHERE id IN (n marks)``) for the distinct ``point_ids``, 1000 ids a statement."""
+        """Rows of ``sql(n)`` (``... WHERE id IN (n marks)``) for the distinct ``point_ids``, statements
+        split by bytes (see :meth:`_id_statements`)."""
         ids = list(dict.fromkeys(point_ids))
         if not ids or not self._table_ready():
             return []
 
         def run(cur: Any) -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = []
-            for i in range(0, len(ids), 1000):
-                chunk = ids[i : i + 1000]
+            for chunk in self._id_statements(ids, sql):
                 cur.execute(sql(len(chunk)), chunk)
                 rows.extend(cur.fetchall())
             return rows
@@ -251,7 +393,8 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
             text=str(r[3]),
             text_hash=str(r[4]),
             payload=json.loads(r[5]),
-            vector=self.sql.decode_vector(r[6]) if with_vectors else None,
+            generation=int(r[6]),
+            vector=self.sql.decode_vector(r[7]) if with_vectors else None,
         )
 
     def _pages(self, sql: str, table: str | None, what: str, deadline_s: float | None = None) -> Iterator[list[tuple[Any, ...]]]:
@@ -397,6 +540,21 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
         doc = dump_json(value)
         self._run(f"writing state {name!r}", lambda cur: cur.execute(self.sql.state_set_sql(), (name, doc)))
 
+    def bound_retries(self, seconds: float) -> None:
+        """See :meth:`VectorSink.bound_retries`: writes give up after ``seconds`` (searches sooner still)."""
+        self._retry_deadline_s = float(seconds)
+        self._search_deadline_s = min(self._search_deadline_s, self._retry_deadline_s)
+
+    def list_states(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every state document whose name starts with ``prefix``."""
+        self._ensure_state_table()
+
+        def run(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(self.sql.state_list_sql(), (len(prefix), prefix))
+            return list(cur.fetchall())
+
+        return {name: json.loads(raw) for name, raw in self._run(f"listing states {prefix!r}*", run)}
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
@@ -413,10 +571,15 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
 
 def _stored_fields(p: VectorPoint) -> tuple[Any, ...]:
     """What is stored beside the vector, in column order: source_table, source_key, text,
-    text_hash, payload, content_hash (upserts and payload updates write the same)."""
+    text_hash, payload, content_hash, generation (upserts and payload updates write the same)."""
     payload_json = dump_json(p.payload or {})
     return (p.table, dump_json(list(p.key)), p.text, p.text_hash, payload_json,
-            content_hash(p.table, p.key, p.text, payload_json))
+            content_hash(p.table, p.key, p.text, payload_json), int(p.generation))
+
+
+def _sql_bytes(sql: str) -> int:
+    """Bytes the driver sends for ``sql`` (UTF-8; escaped binary values travel as surrogates)."""
+    return len(sql) if sql.isascii() else len(sql.encode("utf-8", "surrogateescape"))
 
 
 def _cosine(q: np.ndarray, v: np.ndarray) -> float:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from actors.config import Section, check_identifier
+
+
+#: 32 MiB (a Qdrant server's default ``service.max_request_size_mb``) minus 1 MiB of headroom
+DEFAULT_MAX_REQUEST_BYTES = (32 << 20) - (1 << 20)
 
 
 class QdrantSinkConfig(Section):
@@ -20,6 +24,12 @@ class QdrantSinkConfig(Section):
     path: str = ".embedcluster/qdrant"
     #: env EMBEDCLUSTER_QDRANT_API_KEY (set by cluster/config.py)
     api_key: SecretStr | None = None
+    #: the largest request body the sink sends, in bytes; a call is split into as many
+    #: requests as it takes.  A Qdrant server refuses bodies over its
+    #: ``service.max_request_size_mb`` (32 MiB by default): the default stays 1 MiB below.
+    #: Embedded, it bounds the memory one request takes.  A single point over it is
+    #: refused (PointTooLarge): raise both this and the server's limit for larger texts.
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=16 << 10)
 
     @field_validator("collection")
     @classmethod

@@ -6,11 +6,27 @@ searches; ``shared`` is False then.  Local mode has committed every point of
 a call to its SQLite file before ``upsert`` (``delete``, ...) returns, which is
 the durability the pipeline needs before it acknowledges the slot.  Against a
 server every write uses ``wait=True`` for the same reason.
+
+Request sizes: every request goes through :meth:`QdrantSink._request`, and a
+call is split so that no request body exceeds ``sink.max_request_bytes`` (a
+server refuses bodies over its ``service.max_request_size_mb``; embedded, the
+limit bounds the memory of one request).  Sizes are upper bounds of the REST
+JSON body computed per point before anything is sent: the payload's exact
+JSON length plus :data:`_FLOAT_BYTES` per vector component.  In embedded mode
+the requests of one call still form one SQLite transaction; against a server
+they are separate requests (writes are idempotent, and nothing is
+acknowledged before the call returns).
+
+Each point's payload holds ``table``, ``key``, ``text``, ``text_hash``,
+``payload`` (the row's columns) and ``generation``; bulk deletes
+(``delete_table``, ``delete_table_except_generation``) are filter deletes on
+``table`` and ``generation``, run by the store itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -22,13 +38,34 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 
-from actors.sinks.base import MissingPointError, SearchHit, SinkError, StoredPoint, VectorPoint, VectorSink
+from actors.sinks.base import (
+    MissingPointError,
+    PointTooLarge,
+    SearchHit,
+    SinkError,
+    StoredPoint,
+    VectorPoint,
+    VectorSink,
+    check_generation,
+)
 from actors.sinks.qdrant.config import QdrantSinkConfig
 
 log = logging.getLogger(__name__)
 
 _STATE_NAMESPACE = uuid.UUID("0b7c6c5e-2a0e-4f38-9d8b-5d7c2f0e9a41")
 _SCROLL_PAGE = 512
+
+# Upper bounds of a REST request body, in bytes (see the module docstring).
+#: one vector component as JSON: at most 24 characters ("-2.2250738585072014e-308") and a comma
+_FLOAT_BYTES = 25
+#: one point id in a list: the id's characters, two quotes and a comma
+_ID_QUOTES = 3
+#: a point's or payload operation's own JSON around its id, vector and payload
+_POINT_OVERHEAD = 96
+#: the request's JSON around its list of points or ids
+_REQUEST_OVERHEAD = 512
+#: ids per read (retrieve) request, whatever the byte limit allows: bounds the answer too
+_READ_IDS = 4096
 
 
 class QdrantSink(VectorSink):
@@ -39,6 +76,7 @@ class QdrantSink(VectorSink):
         self.collection = config.collection
         self.state_collection = f"{config.collection}_state"
         self.shared = bool(config.url)
+        self.max_request_bytes = int(config.max_request_bytes)
         # Local mode is not thread-safe; the writer actor serves searches from
         # another thread while it applies batches.
         self._lock = threading.RLock()
@@ -161,38 +199,125 @@ class QdrantSink(VectorSink):
 
     # -- writes -------------------------------------------------------------------
 
+    def _request(self, method: str, collection: str, **kwargs: Any) -> Any:
+        """One request to the store (``upsert``, ``delete``, ``batch_update_points``, ``retrieve``).
+
+        Every call that may carry many points or ids goes through here, one
+        bounded request at a time; writes wait until the store has applied them.
+        """
+        if method != "retrieve":
+            kwargs["wait"] = True
+        return getattr(self._writes, method)(collection, **kwargs)
+
+    def _too_large(self, p: VectorPoint, size: int) -> PointTooLarge:
+        return PointTooLarge(
+            p.id, p.table, size, self._point_budget(), "sink.max_request_bytes",
+            f"shorten the row's text (tables[].text) or raise sink.max_request_bytes "
+            f"(now {self.max_request_bytes:,}; a Qdrant server also needs service.max_request_size_mb above it)",
+        )
+
+    def _point_budget(self) -> int:
+        """The most bytes one point may take in a request."""
+        return self.max_request_bytes - _REQUEST_OVERHEAD
+
+    def _chunks(self, items: Sequence[Any], sizes: Sequence[int], max_items: int = 0) -> Iterator[list[Any]]:
+        """``items`` in consecutive runs whose ``sizes`` sum to at most the point budget
+        (each size must fit on its own), and at most ``max_items`` each when given."""
+        budget = self._point_budget()
+        chunk: list[Any] = []
+        used = 0
+        for item, size in zip(items, sizes):
+            if chunk and (used + size > budget or (max_items and len(chunk) >= max_items)):
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(item)
+            used += size
+        if chunk:
+            yield chunk
+
+    def _id_chunks(self, ids: Sequence[str], max_items: int = 0) -> Iterator[list[str]]:
+        return self._chunks(ids, [len(i) + _ID_QUOTES for i in ids], max_items)
+
+    def _payload_sizes(self, points: Sequence[VectorPoint], payloads: Sequence[dict[str, Any]],
+                       with_vectors: bool) -> list[int]:
+        """Upper bound of each point's bytes in a request; raises PointTooLarge for one over the budget
+        (before anything of the call is written)."""
+        budget = self._point_budget()
+        sizes = []
+        for p, payload in zip(points, payloads):
+            size = _POINT_OVERHEAD + len(p.id) + _json_bytes(payload)
+            if with_vectors:
+                size += _FLOAT_BYTES * (len(p.vector) if p.vector is not None else 0)
+            if size > budget:
+                raise self._too_large(p, size)
+            sizes.append(size)
+        return sizes
+
     def upsert(self, points: Sequence[VectorPoint]) -> None:
+        """Insert or overwrite points, in requests of at most ``sink.max_request_bytes``; durable on return.
+
+        Raises :class:`PointTooLarge` (nothing written) when one point alone exceeds the limit.
+        """
         if not points:
             return
+        payloads = [_stored_payload(p) for p in points]
+        sizes = self._payload_sizes(points, payloads, with_vectors=True)
         # model_construct: the fields are ours and already typed; pydantic's
         # validation of 384 floats per point cost ~20 us of writer CPU, which on
         # a small machine is taken from the model.  Local mode validates ids and
         # dimensions itself; a server validates on arrival.
         structs = [
             models.PointStruct.model_construct(
-                id=p.id,
-                vector=np.asarray(p.vector, dtype=np.float32).tolist(),
-                payload=_stored_payload(p),
+                id=p.id, vector=np.asarray(p.vector, dtype=np.float32).tolist(), payload=payload
             )
-            for p in points
+            for p, payload in zip(points, payloads)
         ]
         with self._write():
-            self._writes.upsert(self.collection, points=structs, wait=True)
+            for chunk in self._chunks(structs, sizes):
+                self._request("upsert", self.collection, points=chunk)
 
     def delete(self, point_ids: Sequence[str]) -> None:
+        """Delete points by id (missing ids ignored), in requests of at most ``sink.max_request_bytes``."""
         if not point_ids:
             return
         with self._write():
-            self.client.delete(
-                self.collection, points_selector=models.PointIdsList(points=list(point_ids)), wait=True
-            )
+            for chunk in self._id_chunks(point_ids):
+                self._request("delete", self.collection, points_selector=models.PointIdsList(points=chunk))
+
+    def _delete_matching(self, flt: models.Filter) -> int:
+        """Delete the points ``flt`` selects, by a filter the store evaluates itself (no ids listed here)."""
+        with self._write():
+            if not self._readable(self.collection):
+                return 0
+            n = int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+            if n:
+                self._request("delete", self.collection, points_selector=models.FilterSelector(filter=flt))
+        return n
+
+    def delete_table(self, table: str) -> int:
+        """Delete every point of ``table`` with one filter delete; returns how many there were."""
+        return self._delete_matching(models.Filter(must=[_match("table", table)]))
+
+    def delete_table_except_generation(self, table: str, generation: int) -> int:
+        """Delete the points of ``table`` whose ``generation`` differs (points without one included)."""
+        generation = check_generation(generation)
+        return self._delete_matching(
+            models.Filter(must=[_match("table", table)], must_not=[_match("generation", generation)])
+        )
 
     def update_payloads(self, points: Sequence[VectorPoint]) -> None:
+        """Overwrite everything but the vector of existing points (see :class:`VectorSink`).
+
+        All sizes and the existence of every point are checked before anything
+        is written; then requests of at most ``sink.max_request_bytes``.
+        """
         if not points:
             return
+        payloads = [_stored_payload(p) for p in points]
+        sizes = self._payload_sizes(points, payloads, with_vectors=False)
         ops = [
-            models.SetPayloadOperation(set_payload=models.SetPayload(payload=_stored_payload(p), points=[p.id]))
-            for p in points
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, points=[p.id]))
+            for p, payload in zip(points, payloads)
         ]
         ids = list(dict.fromkeys(p.id for p in points))
         with self._write():
@@ -200,11 +325,15 @@ class QdrantSink(VectorSink):
             # Local mode alone would update the points before a missing one and
             # then raise a bare KeyError, its in-memory copy keeping them even
             # though the SQLite transaction rolls back.
-            found = {str(r.id) for r in self.client.retrieve(self.collection, ids=ids, with_payload=False)}
+            found: set[str] = set()
+            for chunk in self._id_chunks(ids, _READ_IDS):
+                records = self._request("retrieve", self.collection, ids=chunk, with_payload=False, with_vectors=False)
+                found.update(str(r.id) for r in records)
             missing = [i for i in ids if i not in found]
             if missing:
                 raise MissingPointError(missing)
-            self._writes.batch_update_points(self.collection, update_operations=ops, wait=True)
+            for chunk in self._chunks(ops, sizes):
+                self._request("batch_update_points", self.collection, update_operations=chunk)
 
     # -- reads ----------------------------------------------------------------------
 
@@ -252,23 +381,23 @@ class QdrantSink(VectorSink):
             )
         return [_stored_point(rec, with_vectors) for rec in records], None if offset is None else str(offset)
 
-    def get_points(self, point_ids: Sequence[str]) -> dict[str, StoredPoint]:
+    def _retrieve(self, point_ids: Sequence[str], with_payload: Any) -> list[Any]:
+        """The stored records among ``point_ids`` (each id once), in bounded requests."""
+        ids = list(dict.fromkeys(point_ids))
+        records: list[Any] = []
         with self._lock:
-            if not point_ids or not self._readable(self.collection):
-                return {}
-            records = self.client.retrieve(
-                self.collection, ids=list(dict.fromkeys(point_ids)), with_payload=True, with_vectors=False
-            )
-        return {str(rec.id): _stored_point(rec, False) for rec in records}
+            if not ids or not self._readable(self.collection):
+                return records
+            for chunk in self._id_chunks(ids, _READ_IDS):
+                records += self._request("retrieve", self.collection, ids=chunk, with_payload=with_payload,
+                                         with_vectors=False)
+        return records
+
+    def get_points(self, point_ids: Sequence[str]) -> dict[str, StoredPoint]:
+        return {str(rec.id): _stored_point(rec, False) for rec in self._retrieve(point_ids, True)}
 
     def text_hashes(self, point_ids: Sequence[str]) -> dict[str, str]:
-        if not point_ids:
-            return {}
-        with self._lock:
-            records = self.client.retrieve(
-                self.collection, ids=list(point_ids), with_payload=["text_hash"], with_vectors=False
-            )
-        return {str(r.id): (r.payload or {}).get("text_hash", "") for r in records}
+        return {str(r.id): (r.payload or {}).get("text_hash", "") for r in self._retrieve(point_ids, ["text_hash"])}
 
     def _readable(self, collection: str) -> bool:
         """Whether ``collection`` can be read: always after ensure_ready; before it (a reader
@@ -304,6 +433,24 @@ class QdrantSink(VectorSink):
                 wait=True,
             )
 
+    def list_states(self, prefix: str) -> dict[str, dict[str, Any]]:
+        # The state collection holds a few documents (the slot's, dead letters): scrolled whole,
+        # page by page, and matched here (a prefix match needs a text index in Qdrant).
+        found: dict[str, dict[str, Any]] = {}
+        offset = None
+        while True:
+            with self._lock:
+                if not self._readable(self.state_collection):
+                    return found
+                records, offset = self.client.scroll(self.state_collection, limit=_SCROLL_PAGE, offset=offset,
+                                                     with_payload=True, with_vectors=False)
+            for rec in records:
+                name = (rec.payload or {}).get("name", "")
+                if name.startswith(prefix):
+                    found[name] = dict((rec.payload or {}).get("value") or {})
+            if offset is None:
+                return found
+
     def close(self) -> None:
         with self._lock:
             try:
@@ -326,11 +473,23 @@ def _stored_point(rec: Any, with_vectors: bool) -> StoredPoint:
         text_hash=stored.get("text_hash", ""),
         payload=dict(stored.get("payload") or {}),
         vector=vector,
+        generation=int(stored.get("generation") or 0),
     )
 
 
 def _stored_payload(p: VectorPoint) -> dict[str, Any]:
-    return {"table": p.table, "key": list(p.key), "text": p.text, "text_hash": p.text_hash, "payload": p.payload}
+    return {"table": p.table, "key": list(p.key), "text": p.text, "text_hash": p.text_hash, "payload": p.payload,
+            "generation": int(p.generation)}
+
+
+def _match(key: str, value: Any) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _json_bytes(value: Any) -> int:
+    """Length in bytes of ``value`` as compact JSON, as a request body carries it (UTF-8, not escaped)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class _CallTransaction:
