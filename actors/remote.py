@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ class WriterActor:
     def __init__(self, sink: Any, slot: str, log_level: str = "INFO", retries: dict[str, Any] | None = None) -> None:
         setup_logging(log_level)
         # retries: Writer's max_attempts, max_dead_letters, max_retry_delay (from [pipeline])
-        self.writer = Writer(open_sink(sink), slot, **(retries or {}))
+        self.writer = Writer(_open_sink_patiently(sink, (retries or {}).get("max_retry_delay", 5.0)), slot,
+                             **(retries or {}))
         self._owner = announce_owner(sink) if not self.writer.sink.shared else None
 
     def open(self, dimension: int) -> bool:
@@ -250,6 +252,26 @@ class WriterActor:
         if self._owner is not None:
             withdraw_owner(self._owner)
         self.writer.sink.close()
+
+
+def _open_sink_patiently(config: Any, max_delay: float) -> Any:
+    """``open_sink``, retried while the store is unreachable.  A writer actor restarted by Ray
+    during a sink outage must not die in its constructor (Ray does not restart an actor whose
+    constructor failed): it waits here, and the coordinator's calls wait behind it."""
+    from actors.retry import Backoff
+    from actors.sinks.base import SinkError
+
+    backoff = Backoff(0.5, max_delay)
+    while True:
+        try:
+            return open_sink(config)
+        except SinkError as exc:
+            if "cannot reach" not in str(exc):  # the server is down, as opposed to refusing us
+                raise  # a configuration error: retrying cannot help
+            delay = backoff.next()
+            logging.getLogger(__name__).warning("writer: the sink is not reachable (%s); retrying in %.1f s",
+                                                error_line(exc), delay)
+            time.sleep(delay)
 
 
 def announce_owner(sink: Any) -> dict[str, Any] | None:

@@ -49,6 +49,8 @@ from benchmarks.common import RESULTS_DIR, command_line, print_table, result_hea
 REPO = Path(__file__).resolve().parent.parent
 ACTORS = ("CdcReaderActor", "EmbeddingActor", "WriterActor", "PipelineActor")
 SLOT = "bench_memory"
+#: set by SIGINT/SIGTERM: every wait gives up, and the servers and the run are stopped
+_STOP = threading.Event()
 WORDS = ("desert planet noble family spice ocean ship storm harbour city river mountain forest winter "
          "summer letter island garden engine signal bridge market museum library").split()
 
@@ -324,6 +326,8 @@ class Setup:
     def wait(self, predicate: Any, timeout: float, what: str) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if _STOP.is_set():
+                raise KeyboardInterrupt
             if not self.alive():
                 print(f"embedcluster run exited while waiting for {what}:\n{self.log_tail()}", flush=True)
                 return False
@@ -423,6 +427,8 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         outage_end = time.monotonic() + args.outage_s
         survived_outage = True
         while time.monotonic() < outage_end:
+            if _STOP.is_set():
+                raise KeyboardInterrupt
             if not setup.alive():
                 survived_outage = False
                 sampler.mark("embedcluster run exited during the outage")
@@ -437,7 +443,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         target = last_lsn[0]
         sampler.mark(f"inserts stopped ({inserted[0]:,} rows during the case)")
         t0 = time.monotonic()
-        caught_up = survived_outage and setup.wait(lambda: setup.confirmed() >= target, args.timeout,
+        caught_up = survived_outage and setup.wait(lambda: setup.confirmed() >= target, args.catch_up_s,
                                                    "the pipeline to catch up")
         catch_up_s = time.monotonic() - t0
         sampler.mark("caught up" if caught_up else "did not catch up")
@@ -498,10 +504,11 @@ def plot(path: Path, cases: dict[str, Any]) -> None:
         for i, (t, _) in enumerate(e for e in case["events"] if "restarted" in e[1]):
             ax.axvline(t, color="black", linestyle="--", linewidth=0.8, alpha=0.5,
                        label="an actor restarted" if i == 0 else None)
-        rows = [(s["t"], s["rows"]) for s in samples if s["rows"] is not None]
-        if rows:
+        # NaN where /stats did not answer: a gap in the line, not an interpolation across it
+        rows = [(s["t"], float("nan") if s["rows"] is None else s["rows"]) for s in samples]
+        if any(s["rows"] is not None for s in samples):
             ax2 = ax.twinx()
-            ax2.plot([t for t, _ in rows], [r for _, r in rows], color="grey", linestyle=":", label="rows applied")
+            ax2.plot([t for t, _ in rows], [r for _, r in rows], color="grey", linestyle=":", label="rows applied (/stats; gaps: no answer)")
             ax2.set_ylabel("rows applied (replays count again)")
         title = {"backfill": f"backfill of {case.get('rows', 0):,} rows",
                  "outage": f"sink outage of {case.get('outage_s', 0):.0f} s under {case.get('insert_rate', 0):g} "
@@ -541,9 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--initial-rows", type=int, default=2000, help="rows backfilled before the outage case streams")
     ap.add_argument("--warmup-s", type=float, default=30.0, help="streaming before the sink stops")
     ap.add_argument("--after-s", type=float, default=60.0, help="inserts go on this long after the sink is back")
+    ap.add_argument("--catch-up-s", type=float, default=600.0,
+                    help="outage case: how long to wait for the pipeline to confirm every insert afterwards")
     ap.add_argument("--out", default=None, help="default benchmarks/results/memory.json")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS_DIR / "memory.json"
+
+    def stop(signum: int, frame: Any) -> None:  # also when started in the background (SIGINT ignored)
+        _STOP.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
     previous: dict[str, Any] = {}
     if out.exists():

@@ -363,7 +363,8 @@ def test_http_api_fuzzed_from_openapi(secured: Secured) -> None:
     schema = schemathesis.openapi.from_url(secured.base + "/openapi.json", headers=AUTH, timeout=REQUEST_TIMEOUT_S)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {(op.method.upper(), op.path) for op in operations} == {
-        ("GET", "/search"), ("POST", "/search"), ("GET", "/healthz"), ("GET", "/stats"), ("GET", "/")}
+        ("GET", "/search"), ("POST", "/search"), ("GET", "/healthz"), ("GET", "/stats"), ("GET", "/metrics"),
+        ("GET", "/")}
     statuses: dict[str, set[int]] = {}
     sent = [0]
 
@@ -382,13 +383,13 @@ def test_http_api_fuzzed_from_openapi(secured: Secured) -> None:
         assert elapsed < REQUEST_TIMEOUT_S, what
         content_type = response.headers.get("content-type") or [""]  # schemathesis: each header's values
         content_type = content_type[0] if isinstance(content_type, list) else content_type
-        if response.status_code >= 400 or case.path != "/":
+        if response.status_code >= 400 or case.path not in ("/", "/metrics"):  # the page and Prometheus text
             assert content_type.startswith("application/json"), f"{what}: {content_type}"
             body = response.json()
             if response.status_code >= 400 and case.path != "/healthz":
                 assert set(body) == {"error"} and isinstance(body["error"], str), f"{what}: {body}"
         else:
-            assert content_type.startswith("text/html"), what
+            assert content_type.startswith("text/plain" if case.path == "/metrics" else "text/html"), what
 
     fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
                     phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
