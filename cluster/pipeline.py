@@ -33,15 +33,20 @@ READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
 LAG_WARNING_INTERVAL_S = 60.0  # at most one WARNING a minute while the slot lags past source.max_lag_bytes
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """Whether ``exc`` (or the error a Ray call wraps) says retrying cannot help (``permanent = True``)."""
+def _marked(exc: BaseException, flag: str) -> bool:
+    """Whether ``exc``, or an error it wraps (a Ray call's ``cause``), has ``flag`` set."""
     while True:
-        if getattr(exc, "permanent", False):
+        if getattr(exc, flag, False):
             return True
         cause = getattr(exc, "cause", None)
         if cause is None or cause is exc:
             return False
         exc = cause
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error a Ray call wraps) says retrying cannot help (``permanent = True``)."""
+    return _marked(exc, "permanent")
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -49,13 +54,7 @@ def is_fatal(exc: BaseException) -> bool:
     permanent, and nothing is left to serve for (no publication, the slot taken or
     dropped by someone else).  A schema change is permanent but not fatal: the
     pipeline halts and search keeps serving until the config is fixed."""
-    while True:
-        if getattr(exc, "fatal", False):
-            return True
-        cause = getattr(exc, "cause", None)
-        if cause is None or cause is exc:
-            return False
-        exc = cause
+    return _marked(exc, "fatal")
 
 
 #: the coordinator's state after a fatal error: ``embedcluster run`` exits with ``last_error``
