@@ -17,7 +17,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
 	$(BIN)/python -m pytest tests/contract -q -p no:cacheprovider
-	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -x
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -x --durations=30
 
 unit: install
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider

@@ -174,6 +174,8 @@ class PgChangeSource:
         self._seq = 0
         self._in_txn = False
         self._txn_commit_lsn = 0
+        #: pgoutput commit timestamp of the last transaction completed since the last batch
+        self._commit_ts: int | None = None
         # highest LSN such that every change up to it has been handed out in a
         # batch: the end of the last commit, or the server's idle position
         self._safe_lsn = 0
@@ -555,7 +557,10 @@ class PgChangeSource:
             raise self._halt
         # (without the lock: only the side connection, and it may take a while)
         self._resolve_deferred(changes)
-        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream")
+        # the last commit completed while this batch was read (pgoutput: microseconds since 2000-01-01)
+        commit_ts, self._commit_ts = self._commit_ts, None
+        commit_time = (commit_ts + _PG_EPOCH_US) / 1e6 if commit_ts is not None else None
+        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream", commit_time=commit_time)
 
     def _wait_readable(self, sock: int, seconds: float) -> bool:
         """Whether the socket has data within ``seconds``; waits without the lock, so an
@@ -629,6 +634,7 @@ class PgChangeSource:
         elif isinstance(event, Commit):
             self._in_txn = False
             self._safe_lsn = max(self._safe_lsn, event.end_lsn)
+            self._commit_ts = event.commit_ts
         elif isinstance(event, RowChange):
             self._row_change(event, out)
         elif isinstance(event, Truncate):

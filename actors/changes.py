@@ -112,6 +112,9 @@ class ChangeBatch:
     phase: str = "stream"
     #: set on the last backfill batch: once written, the snapshot is complete
     snapshot_complete: bool = False
+    #: commit time (Unix seconds, the source's clock) of the last transaction this batch
+    #: completes; None when it completes none.  For the freshness figure (commit -> written).
+    commit_time: float | None = None
 
     def __len__(self) -> int:
         return len(self.changes)

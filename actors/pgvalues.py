@@ -496,3 +496,25 @@ def numeric_for_format(value: Any) -> Any:
         except InvalidOperation:
             return value
     return value
+
+
+def index_kind(type_oid: int, types: TypeCatalog | None = None) -> str:
+    """The payload index a column's values need (``actors.sinks.base.PAYLOAD_INDEX_KINDS``).
+
+    Integers -> ``integer``, ``float4``/``float8``/``numeric`` -> ``float``
+    (a fractional numeric is stored as its exact text, which no range matches:
+    filter it by equality), ``bool`` -> ``bool``, everything else (text,
+    dates as ISO text, uuids, enums...) -> ``keyword``.  An array column takes
+    its element's kind (a filter matches any element).
+    """
+    base, element = resolve(type_oid, types)
+    kind = element or base
+    if element:
+        kind = resolve(element, types)[0]
+    if kind in INTS:
+        return "integer"
+    if kind in FLOATS or kind == NUMERIC:
+        return "float"
+    if kind == BOOL:
+        return "bool"
+    return "keyword"

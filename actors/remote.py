@@ -65,6 +65,7 @@ class CdcReaderActor:
             "ack_lsn": batch.ack_lsn,
             "phase": batch.phase,
             "snapshot_complete": batch.snapshot_complete,
+            "commit_time": batch.commit_time,
         }
         return meta, batch
 
@@ -164,11 +165,13 @@ class WriterActor:
     most one ``apply`` in flight, so batches are applied strictly in order.
     """
 
-    def __init__(self, sink: Any, slot: str, log_level: str = "INFO", retries: dict[str, Any] | None = None) -> None:
+    def __init__(self, sink: Any, slot: str, log_level: str = "INFO", retries: dict[str, Any] | None = None,
+                 payload_indexes: dict[str, str] | None = None) -> None:
         setup_logging(log_level)
-        # retries: Writer's max_attempts, max_dead_letters, max_retry_delay (from [pipeline])
+        # retries: Writer's max_attempts, max_dead_letters, max_retry_delay (from [pipeline]); a restarted
+        # actor gets the same arguments, so it indexes the same payload fields again in open()
         self.writer = Writer(_open_sink_patiently(sink, (retries or {}).get("max_retry_delay", 5.0)), slot,
-                             **(retries or {}))
+                             payload_indexes=payload_indexes, **(retries or {}))
         self._owner = announce_owner(sink) if not self.writer.sink.shared else None
 
     def open(self, dimension: int) -> bool:
@@ -185,8 +188,9 @@ class WriterActor:
         return self.writer.apply(batch, vectors)
 
     @ray.method(concurrency_group="query")
-    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
-        return self.writer.sink.search(vector, k)
+    def search(self, vector: np.ndarray | None, k: int, options: dict[str, Any] | None = None) -> list[SearchHit]:
+        """``sink.search(vector, k, **options)`` (``table``, ``filters``, ``score_threshold``, ``text``, ``mode``)."""
+        return self.writer.sink.search(vector, k, **(options or {}))
 
     @ray.method(concurrency_group="query")
     def stats(self) -> dict[str, Any]:

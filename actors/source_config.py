@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from actors.config import Section, check_identifier, mask_dsn
 
@@ -126,11 +126,24 @@ class TableConfig(Section):
     name: str
     text: str = "{description}"
     payload: list[str] = Field(default_factory=list)
+    #: payload columns searches filter on: the store indexes them (Qdrant payload indexes)
+    filterable: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
     def _qualified(cls, value: str) -> str:
         return qualified_name(*split_qualified(value))
+
+    @field_validator("filterable")
+    @classmethod
+    def _filterable_in_payload(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        payload = info.data.get("payload")
+        if isinstance(payload, list):
+            for name in value:
+                if name not in payload:
+                    raise ValueError(f"lists {name!r}, which is not in this table's payload "
+                                     f"({', '.join(payload) or 'empty'}): add it to payload too")
+        return list(dict.fromkeys(value))
 
     @field_validator("text")
     @classmethod

@@ -181,6 +181,13 @@ class TableSpec:
     def payload_columns(self) -> tuple[str, ...]:
         return self._payload_cols
 
+    def payload_indexes(self) -> dict[str, str]:
+        """``filterable`` column -> the payload index kind its type needs (``pgvalues.index_kind``)."""
+        from actors.pgvalues import index_kind
+
+        return {c: index_kind(self.column_types[c], self.types) for c in self.config.filterable
+                if c in self.column_types}
+
     def set_types(self, types: TypeCatalog) -> None:
         """Adopt the catalog's answer for this table's column types (see :func:`learn_types`)."""
         self.types = dict(types)

@@ -70,8 +70,10 @@ class Writer:
     """Applies batches to ``sink``; every call returns only once the writes are durable."""
 
     def __init__(self, sink: VectorSink, slot: str, max_attempts: int = 3, max_dead_letters: int = 1000,
-                 max_retry_delay: float = 5.0) -> None:
+                 max_retry_delay: float = 5.0, payload_indexes: dict[str, str] | None = None) -> None:
         self.sink = sink
+        #: payload field -> index kind, created by open() (``[[tables]] filterable``)
+        self.payload_indexes = dict(payload_indexes or {})
         # a sink's own retries end soon: the outage is waited out (and shown) here, interruptibly
         sink.bound_retries(max(2 * max_retry_delay, 5.0))
         self.slot = slot
@@ -112,6 +114,8 @@ class Writer:
         """
         self._interrupt.clear()
         self.sink.ensure_ready(dimension)
+        if self.payload_indexes:
+            self.sink.ensure_payload_indexes(dict(self.payload_indexes))
         self.deadletters.load()
         self.last_seq = 0
 

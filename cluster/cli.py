@@ -6,6 +6,7 @@ The run lifecycle (checks, Ray, actors, search app, clean stop) is
 ``demo``    zero-configuration: private PostgreSQL + books, local Ray, embedded Qdrant, search app.
 ``run``     the pipeline and search app against a configured database, until SIGINT/SIGTERM.
 ``status``  slot, confirmed LSN, lag in bytes, rows applied.
+``search``  ask the running search app; hits as a table (``--filter``, ``--mode``, ``--json``).
 ``drop``    drop the slot and the publication.
 ``verify``  compare the store with the tables (missing, stale, orphans); ``--repair`` fixes them.
 """
@@ -144,9 +145,44 @@ def demo(ctx: click.Context, port: int, state_dir: str, pg_port: int) -> None:
         pg.stop()
 
 
+@main.command("search")
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100), help="how many hits")
+@click.option("--filter", "filters", multiple=True, metavar="EXPR",
+              help="'year>=1950', 'author=H.G. Wells', 'author in A,B' or a JSON filter; repeat: all hold")
+@click.option("--mode", default="dense", show_default=True, type=click.Choice(["dense", "hybrid", "keyword"]))
+@click.option("--table", default=None, help="only hits of this source table, e.g. public.books")
+@click.option("--url", default=None, help="the search app (default: [serve] of --config, else http://127.0.0.1:8000)")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="TOML config: its [serve] address and api_key")
+@click.option("--json", "as_json", is_flag=True, help="print the API's JSON answer")
+def search_command(query: str, k: int, filters: tuple[str, ...], mode: str, table: str | None, url: str | None,
+                   config_path: str | None, as_json: bool) -> None:
+    """Search a running pipeline over HTTP and print the hits as a table."""
+    from cluster import search as client
+
+    api_key = os.environ.get("EMBEDCLUSTER_API_KEY") or None
+    if config_path:
+        config = _load(config_path)
+        url = url or f"http://{config.serve.host}:{config.serve.port}"
+        api_key = api_key or config.serve.api_key_value
+    url = url or "http://127.0.0.1:8000"
+    try:
+        answer = client.search(url, query, k, client.parse_filters(filters), mode, table, api_key)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    Console().print(client.hits_table(answer))
+
+
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def status(config_path: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document (for scripts)")
+def status(config_path: str, as_json: bool) -> None:
     """Slot name, confirmed LSN, lag in bytes, rows applied."""
     from actors.changes import format_lsn
     from actors.source_schema import SourceError, connect, lag_warning, slot_info
@@ -173,12 +209,21 @@ def status(config_path: str) -> None:
             last_error = stats.get("last_error")
     except Exception:  # noqa: BLE001 - the pipeline is simply not up
         pass
+    lagging = lag_warning(info, config.source.max_lag_bytes)  # from the slot itself: also with no pipeline
+    if as_json:
+        click.echo(json.dumps({
+            "slot": info.slot, "exists": info.exists, "active": info.active,
+            "confirmed_lsn": format_lsn(info.confirmed_lsn), "server_lsn": format_lsn(info.current_lsn),
+            "lag_bytes": info.lag_bytes, "lag_warning": lagging, "pipeline": state,
+            "rows_applied": rows if isinstance(rows, int) else None, "dead_letters": dead_letters,
+            "last_error": last_error,
+        }, indent=2))
+        return
     click.echo(f"slot:          {info.slot}{'' if info.exists else ' (does not exist)'}")
     click.echo(f"active:        {'yes' if info.active else 'no'}")
     click.echo(f"confirmed LSN: {format_lsn(info.confirmed_lsn)}")
     click.echo(f"server LSN:    {format_lsn(info.current_lsn)}")
     click.echo(f"lag bytes:     {info.lag_bytes if info.lag_bytes is not None else '-'}")
-    lagging = lag_warning(info, config.source.max_lag_bytes)  # from the slot itself: also with no pipeline
     if lagging:
         click.echo(f"warning:       {lagging}")
     click.echo(f"pipeline:      {state}")

@@ -10,6 +10,7 @@ results of those calls into its events.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from actors.retry import Backoff
 from actors.source_schema import connect, lag_warning, slot_info
 from cluster.config import Config
 from cluster.flow import Ack, Action, Apply, Embed, Entry, FlowControl, Read
+from serve_apps.metrics import FRESHNESS_BUCKETS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ NAMESPACE = "embedcluster"
 PIPELINE_ACTOR = "pipeline"
 WRITER_ACTOR = "writer"
 READ_TIMEOUT_S = 0.2  # how long an idle read waits for a change
+RATE_WINDOW_S = 10.0  # changes_per_second: over this many seconds
 LAG_WARNING_INTERVAL_S = 60.0  # at most one WARNING a minute while the slot lags past source.max_lag_bytes
 
 
@@ -120,6 +123,10 @@ class PipelineCoordinator:
         self._stats_lock = threading.Lock()  # stats() may refresh too, from the actor's other threads
         self._lag_warned_at: float | None = None  # last WARNING about the lag (at most one a minute)
         self._stats_failing = False  # the slot status could not be read last time (warned once)
+        #: commit -> written, per batch that completes a transaction (``/metrics``)
+        self.freshness = Histogram(FRESHNESS_BUCKETS)
+        #: (monotonic time, rows_applied) after each batch of the last RATE_WINDOW_S seconds
+        self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
 
     # -- start-up -------------------------------------------------------------
 
@@ -299,6 +306,15 @@ class PipelineCoordinator:
         self.dead_letters = result.dead_letters
         rows = result.upserts + result.deletes
         self.rows_applied += rows
+        commit_time = entry.meta.get("commit_time")
+        if commit_time is not None and rows:
+            # commit (the source's clock) -> written durably, i.e. acknowledgeable: what a reader of the
+            # index waits for a row.  Clocks of different machines may differ: never below 0.
+            self.freshness.observe(max(0.0, time.time() - commit_time))
+        now = time.monotonic()
+        self._rate_window.append((now, self.rows_applied))
+        while len(self._rate_window) > 2 and now - self._rate_window[1][0] > RATE_WINDOW_S:
+            self._rate_window.popleft()
         self.batches_applied += 1
         if entry.meta["phase"] == "backfill":
             self.backfill_rows += rows
@@ -363,7 +379,20 @@ class PipelineCoordinator:
             "errors": self.errors,
             "dead_letters": self.dead_letters,
             "last_error": self.last_error,
+            "changes_per_second": self._changes_per_second(),
+            "freshness_seconds": self.freshness.as_dict(),
         }
+
+    def _changes_per_second(self) -> float:
+        """Rows written per second over the last :data:`RATE_WINDOW_S` (0 when nothing was)."""
+        window = list(self._rate_window)
+        now = time.monotonic()
+        window = [w for w in window if now - w[0] <= RATE_WINDOW_S]
+        if not window:
+            return 0.0
+        first_t, first_rows = window[0]
+        span = max(now - first_t, 1.0)
+        return round((self.rows_applied - first_rows) / span, 1)
 
     def stop(self) -> None:
         self._stop.set()
@@ -389,7 +418,8 @@ class PipelineActor:
         try:
             embed = ray.get([e.stats.remote() for e in self.coordinator.embedders], timeout=2)
             stats["embedding"] = {
-                k: sum(s[k] for s in embed) for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes")
+                k: sum(s.get(k, 0) for s in embed)
+                for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes", "seconds")
             }
             stats["truncated_texts"] = stats["embedding"]["truncated"]
         except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures

@@ -231,7 +231,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         for i in range(emb.actors)
     ]
     writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1).remote(
-        config.sink, config.source.slot, log_level, config.pipeline.writer_retries())
+        config.sink, config.source.slot, log_level, config.pipeline.writer_retries(), payload_indexes(specs))
     reader = CdcReaderActor.options(name="reader", max_restarts=-1).remote(config.source, specs, log_level)
     try:
         infos = ray.get([e.info.remote() for e in embedders])
@@ -271,13 +271,26 @@ def deploy_search(config: Config, running: RunningPipeline, log_level: str = "IN
     quiet = {"log_level": "WARNING" if log_level != "DEBUG" else "DEBUG"}
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=quiet)
     app = SearchApp.options(num_replicas=settings.replicas).bind(
-        config.embedding, config.sink, running.writer, running.pipeline, 1, log_level, settings.api_key
+        config.embedding, config.sink, running.writer, running.pipeline, 1, log_level, settings.api_key,
+        {t.name: list(t.payload) for t in config.tables},
     )
     try:
         serve.run(app, name="embedcluster", route_prefix="/", logging_config=quiet)
     except Exception as exc:  # noqa: BLE001
         raise StartupError(f"search app failed to start: {error_line(exc)}") from None
     return f"http://{config.serve.host}:{config.serve.port}"
+
+
+def payload_indexes(specs: dict[str, Any]) -> dict[str, str]:
+    """The payload fields to index (``[[tables]] filterable``) with the kind each column's type
+    needs; a field filterable in several tables takes the first table's kind (logged when they differ)."""
+    out: dict[str, str] = {}
+    for spec in specs.values():
+        for field, kind in spec.payload_indexes().items():
+            if out.setdefault(field, kind) != kind:
+                log.warning("payload field %s is filterable in several tables with different types (%s, %s): "
+                            "indexed as %s", field, out[field], kind, out[field])
+    return out
 
 
 def shutdown() -> None:

@@ -2,10 +2,16 @@
 
 Routes (the public HTTP API):
 
-* ``GET /search?q=TEXT&k=5`` -> ``{"query", "k", "results": [{"table", "id",
-  "score", "payload"}], "took_ms"}``, best score first.  ``POST /search`` with
-  ``{"q": TEXT, "k": 5}`` answers the same (long queries: HTTP servers refuse
-  request lines over 64 KiB before the app sees them).
+* ``POST /search`` with ``{"q": TEXT, "k": 5, "table": "public.books",
+  "filter": {"year": {"gte": 1950}}, "score_threshold": 0.2, "mode": "dense"}``
+  (all but ``q`` optional; ``serve_apps/query.py`` says what each accepts) ->
+  ``{"query", "k", "mode", "results": [{"table", "id", "score", "payload"}],
+  "took_ms"}``, best first.  ``GET /search?q=TEXT&k=5`` takes the same as query
+  parameters, ``filter`` as JSON.  Filters and ``table`` run inside the store.
+  A filter on a field that is not a payload column, an unknown table, or a
+  ``mode`` the sink cannot run (MySQL: only ``dense``) is a 400 naming it.
+* ``GET /docs`` -> interactive API docs (Swagger UI, served from the installed
+  package, never a CDN).
 * ``GET /healthz`` -> ``{"status": "ok"}`` once the pipeline is streaming
   (503 with the current state before that).
 * ``GET /metrics`` -> the same figures for Prometheus (``embedcluster_dead_letters``, ...).
@@ -31,7 +37,6 @@ store and answers the search.
 import asyncio
 import functools
 import hmac
-import json
 import logging
 import time
 from importlib import resources
@@ -39,6 +44,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import SecretStr
 from ray import serve
@@ -46,19 +52,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.embedder import Embedder, EmbeddingConfig
 from actors.logs import error_line, register_secret, scrub, setup_logging
-from actors.sinks.base import SearchHit, open_sink
+from actors.sinks.base import SEARCH_MODES, SearchHit, UnsupportedSearch, open_sink
 from serve_apps import metrics as pipeline_metrics
+from serve_apps.query import (  # noqa: F401 - MAX_* re-exported: the API's limits
+    MAX_FILTER_FIELDS, MAX_K, MAX_QUERY_CHARS, SearchRequest, parse_json_body, parse_params,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_K = 100
-#: longest query text accepted, in characters: the model reads a few hundred tokens of it at most, and
-#: percent-encoded (up to 12 bytes a character) it still fits the 64 KiB request line HTTP servers accept
-MAX_QUERY_CHARS = 5_000
 #: largest ``POST /search`` body read, in bytes (a query at its longest, JSON-escaped, fits)
 MAX_BODY_BYTES = 256 * 1024
-#: routes answered without the API key (load balancers and orchestrators probe it)
-PUBLIC_PATHS = frozenset({"/healthz"})
+#: routes answered without the API key: load balancers and orchestrators probe /healthz; the
+#: interactive docs are a static page and its assets (the OpenAPI document they load needs the key)
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"})
 
 
 def _keep_replica_grpc_on_loopback() -> None:
@@ -106,6 +112,18 @@ def bearer_token_ok(authorization: bytes | None, api_key: str) -> bool:
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one shape of every error the app answers: ``{"error": message}`` (scrubbed of secrets)."""
     return JSONResponse({"error": scrub(message)}, status_code=status, headers=headers)
+
+
+#: Swagger UI's files, served from the installed swagger-ui-bundle package (never from a CDN:
+#: the app may run where nothing outside is reachable)
+DOCS_ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css"}
+
+
+@functools.lru_cache(maxsize=4)
+def docs_asset(name: str) -> bytes:
+    from swagger_ui_bundle import swagger_ui_path
+
+    return (swagger_ui_path / name).read_bytes()
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,16 +212,37 @@ _SEARCH_RESPONSES: dict[str, Any] = {
             "results": {"type": "array", "items": {"type": "object", "properties": {
                 "table": {"type": "string"}, "id": {}, "score": {"type": "number"},
                 "payload": {"type": "object"}}}}}}}}},
-    "400": _error_schema("a missing or empty q, q too long, or k outside 1..100"),
+    "400": _error_schema("a missing or empty q, q too long, k outside 1..100, an unknown table, a filter on a field "
+                          "not in the payload or a malformed one, or a mode the sink cannot run"),
     **_UNAUTHORIZED,
     "503": _error_schema("the store or the embedding failed"),
 }
+_FILTER_SCHEMA: dict[str, Any] = {
+    "type": "object", "maxProperties": MAX_FILTER_FIELDS,
+    "description": 'payload field -> condition, all ANDed: a value ({"author": "Herbert"}), {"in": [...]}, '
+                   'or a range ({"year": {"gte": 1950, "lt": 2000}}); fields must be payload columns',
+    "additionalProperties": {"oneOf": [
+        {"type": ["string", "number", "boolean"]},
+        {"type": "object", "required": ["in"], "additionalProperties": False,
+         "properties": {"in": {"type": "array", "items": {"type": ["string", "number", "boolean"]}}}},
+        {"type": "object", "minProperties": 1, "additionalProperties": False,
+         "properties": {op: {"type": "number"} for op in ("gt", "gte", "lt", "lte")}},
+    ]},
+}
+_MODE_SCHEMA: dict[str, Any] = {"type": "string", "enum": list(SEARCH_MODES), "default": "dense",
+                                "description": "dense vectors, hybrid (BM25 fused with dense by reciprocal rank), "
+                                               "or keyword (BM25 alone); hybrid and keyword need a Qdrant sink"}
 _SEARCH_BODY_DOC: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["q"], "additionalProperties": False, "properties": {
             "q": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS, "description": "the text to search for"},
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5,
-                  "description": "how many hits to return"}}}}}},
+                  "description": "how many hits to return"},
+            "table": {"type": "string", "description": "only rows of this source table, e.g. public.books"},
+            "filter": _FILTER_SCHEMA,
+            "score_threshold": {"type": "number", "minimum": -1, "maximum": 1,
+                                "description": "leave out hits under this cosine similarity (dense only)"},
+            "mode": _MODE_SCHEMA}}}}},
     "responses": {**_SEARCH_RESPONSES, "413": _error_schema(f"a body over {MAX_BODY_BYTES} bytes")},
 }
 _SEARCH_DOC: dict[str, Any] = {
@@ -212,6 +251,13 @@ _SEARCH_DOC: dict[str, Any] = {
          "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
         {"name": "k", "in": "query", "required": False, "description": "how many hits to return",
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}},
+        {"name": "table", "in": "query", "required": False, "description": "only rows of this source table",
+         "schema": {"type": "string"}},
+        {"name": "filter", "in": "query", "required": False, "description": "the filter of POST /search, as JSON",
+         "content": {"application/json": {"schema": _FILTER_SCHEMA}}},
+        {"name": "score_threshold", "in": "query", "required": False,
+         "schema": {"type": "number", "minimum": -1, "maximum": 1}},
+        {"name": "mode", "in": "query", "required": False, "schema": _MODE_SCHEMA},
     ],
     "responses": _SEARCH_RESPONSES,
 }
@@ -248,45 +294,14 @@ api.add_middleware(BearerAuth)
 api.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def parse_query(params: dict[str, str]) -> tuple[str, int]:
-    """Validate ``q`` and ``k``; raises ValueError with the message for a 400."""
-    q = (params.get("q") or "").strip()
-    if not q:
-        raise ValueError("missing query: pass ?q=<text to search for>")
-    if len(q) > MAX_QUERY_CHARS:
-        raise ValueError(f"q is {len(q)} characters long; at most {MAX_QUERY_CHARS} are accepted")
-    raw_k = params.get("k", "5")
-    try:
-        k = int(raw_k)
-    except ValueError:
-        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {raw_k[:40]!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be from 1 to {MAX_K}, got {k}")
-    return q, k
+def parse_query(params: dict[str, str], payload_fields: dict[str, list[str]] | None = None) -> SearchRequest:
+    """``GET /search`` parameters (:func:`serve_apps.query.parse_params`); ValueError: the 400's message."""
+    return parse_params(params, payload_fields)
 
 
-def parse_body(body: bytes) -> tuple[str, int]:
-    """Validate a ``POST /search`` body, ``{"q": TEXT, "k": 5}``; raises ValueError with the message for a 400."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: [[[[...
-        raise ValueError('the body must be JSON: {"q": "<text to search for>", "k": 5}') from None
-    if not isinstance(data, dict):
-        raise ValueError('the body must be a JSON object: {"q": "<text to search for>", "k": 5}')
-    unknown = sorted(set(data) - {"q", "k"})
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0][:40]!r} in the body; it takes q and k")
-    q, k = data.get("q"), data.get("k", 5)
-    if q is not None and not isinstance(q, str):
-        raise ValueError("q must be a string")
-    if not (q or "").strip():
-        raise ValueError('missing query: send {"q": "<text to search for>"}')
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {json.dumps(k)[:40]}")
-    q, k = parse_query({"q": q or "", "k": str(k)})
-    if any("\ud800" <= c <= "\udfff" for c in q):  # JSON can escape one; it is no text (and no UTF-8)
-        raise ValueError("q holds an unpaired surrogate (\\ud800-\\udfff); send text")
-    return q, k
+def parse_body(body: bytes, payload_fields: dict[str, list[str]] | None = None) -> SearchRequest:
+    """A ``POST /search`` body (:func:`serve_apps.query.parse_json_body`); ValueError: the 400's message."""
+    return parse_json_body(body, payload_fields)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
@@ -301,6 +316,16 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | No
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _is_unsupported(exc: BaseException) -> bool:
+    """An UnsupportedSearch raised in the writer actor (it arrives wrapped in a Ray error)."""
+    return isinstance(getattr(exc, "cause", None), UnsupportedSearch) or "UnsupportedSearch" in type(exc).__name__
+
+
+def _unsupported_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    return str(cause) if cause is not None else error_line(exc)
 
 
 def hit_json(hit: SearchHit) -> dict[str, Any]:
@@ -336,6 +361,7 @@ class SearchApp:
         threads: int = 1,
         log_level: str = "INFO",
         api_key: SecretStr | None = None,
+        payload_fields: dict[str, list[str]] | None = None,
     ) -> None:
         setup_logging(log_level)
         register_secret(api_key)
@@ -354,6 +380,8 @@ class SearchApp:
         self.writer = writer
         self.pipeline = pipeline
         self.page = page_html()
+        #: table -> its payload columns: what a filter may name (None: not checked)
+        self.payload_fields = payload_fields
 
     async def check_health(self) -> None:
         """Serve's replica health check (every ``health_check_period_s``): raises unless the
@@ -371,44 +399,54 @@ class SearchApp:
         vectors = await asyncio.to_thread(self.embedder.embed, texts)
         return list(vectors)
 
-    async def _search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+    async def _search(self, vector: np.ndarray | None, req: SearchRequest) -> list[SearchHit]:
+        options = {"table": req.table, "filters": req.filters, "score_threshold": req.score_threshold,
+                   "text": req.q, "mode": req.mode}
         if self.sink is not None:
-            return await asyncio.to_thread(self.sink.search, vector, k)
-        return await self.writer.search.remote(vector, k)
+            return await asyncio.to_thread(functools.partial(self.sink.search, vector, req.k, **options))
+        return await self.writer.search.remote(vector, req.k, options)
 
     @api.get("/search", openapi_extra=_SEARCH_DOC, summary="Semantic search")
     async def search(self, request: Request) -> JSONResponse:
-        """The ``k`` rows closest to ``q``, best cosine similarity first."""
+        """The ``k`` rows closest to ``q``, best first; optional ``table``, ``filter`` (JSON),
+        ``score_threshold`` and ``mode``, as in ``POST /search``."""
         started = time.perf_counter()
         try:
-            q, k = parse_query(dict(request.query_params))
+            req = parse_query(dict(request.query_params), self.payload_fields)
         except ValueError as exc:
             return error_response(400, str(exc))
-        return await self._answer(q, k, started)
+        return await self._answer(req, started)
 
-    @api.post("/search", openapi_extra=_SEARCH_BODY_DOC, summary="Semantic search (query in a JSON body)")
+    @api.post("/search", openapi_extra=_SEARCH_BODY_DOC, summary="Search (JSON body: filters, table, mode)")
     async def search_body(self, request: Request) -> JSONResponse:
-        """As ``GET /search``, with ``{"q": TEXT, "k": 5}`` as the body: for queries too long for a URL."""
+        """``{"q", "k", "table", "filter", "score_threshold", "mode"}``: see the request schema."""
         started = time.perf_counter()
         body = await read_body(request)
         if body is None:
             return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes; send at most {MAX_QUERY_CHARS} "
                                        "characters of query")
         try:
-            q, k = parse_body(body)
+            req = parse_body(body, self.payload_fields)
         except ValueError as exc:
             return error_response(400, str(exc))
-        return await self._answer(q, k, started)
+        return await self._answer(req, started)
 
-    async def _answer(self, q: str, k: int, started: float) -> JSONResponse:
+    async def _answer(self, req: SearchRequest, started: float) -> JSONResponse:
         try:
-            vector = await self._embed(q)
-            hits = await self._search(vector, k)
+            # keyword search is BM25 alone: no query vector to compute
+            vector = await self._embed(req.q) if req.mode != "keyword" else None
+            hits = await self._search(vector, req)
+        except UnsupportedSearch as exc:  # the request asks what this store cannot do: the client's to change
+            return error_response(400, _unsupported_line(exc))
         except Exception as exc:  # noqa: BLE001 - the store or the model, not the request: 503, one line
+            if _is_unsupported(exc):
+                return error_response(400, _unsupported_line(exc))
             log.warning("search failed: %s", error_line(exc, with_type=True))
             return error_response(503, f"search failed: {error_line(exc)}")
         took = (time.perf_counter() - started) * 1000
-        return JSONResponse({"query": q, "k": k, "results": [hit_json(h) for h in hits], "took_ms": round(took, 3)})
+        pipeline_metrics.SEARCH_SECONDS.labels(mode=req.mode).observe(took / 1000)
+        return JSONResponse({"query": req.q, "k": req.k, "mode": req.mode,
+                             "results": [hit_json(h) for h in hits], "took_ms": round(took, 3)})
 
     @api.get("/healthz", summary="Health", responses={"503": {"description": "not streaming (yet): the state"}})
     async def healthz(self) -> JSONResponse:
@@ -440,6 +478,19 @@ class SearchApp:
         except Exception as exc:  # noqa: BLE001 - the coordinator is gone
             return error_response(503, f"the pipeline coordinator does not answer: {error_line(exc)}")
         return Response(pipeline_metrics.render(stats), media_type=pipeline_metrics.CONTENT_TYPE_LATEST)
+
+    @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        """Swagger UI over /openapi.json (with an API key: "Authorize" first)."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="embedcluster search API",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="data:,")
+
+    @api.get("/docs/{name}", include_in_schema=False)
+    async def docs_file(self, name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            return error_response(404, "Not Found")
+        return Response(docs_asset(name), media_type=DOCS_ASSETS[name], headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/", response_class=HTMLResponse, summary="Search page", responses=_UNAUTHORIZED)
     async def page(self) -> HTMLResponse:

@@ -14,7 +14,16 @@ interchangeable.  Contract for implementers:
   the store allows it (one transaction).  The writer sends a payload-only
   update only for a point it wrote before, so a missing one means the store
   and the pipeline disagree; raising keeps the slot unacknowledged.
-* ``search`` returns cosine similarity as ``score``, highest first.
+* ``search`` returns cosine similarity as ``score``, highest first.  Its
+  ``table``, ``filters`` and ``score_threshold`` are applied inside the store
+  (a Qdrant filter, a SQL ``WHERE``), never by fetching more and dropping: a
+  filtered search returns every match up to ``k``.  ``filters`` are
+  :class:`FieldFilter` conditions on fields of the row payload, all of which
+  must hold.  ``mode`` ``"hybrid"`` (BM25 over the stored text fused with the
+  dense result by reciprocal rank fusion) and ``"keyword"`` (BM25 alone) take
+  ``text``; a sink that cannot run a mode raises :class:`UnsupportedSearch`.
+* ``ensure_payload_indexes`` declares the payload fields searches filter on
+  (a store that needs no index for that may ignore it).
 * State documents (``get_state``/``set_state``) live beside the points but are
   never counted, iterated or returned by ``search``.
 * ``points_page`` pages through the points in id order with an opaque cursor
@@ -86,6 +95,52 @@ class SearchHit:
     key: list[Any]
     score: float
     payload: dict[str, Any]
+
+
+#: search modes (see the module docstring)
+SEARCH_MODES = ("dense", "hybrid", "keyword")
+#: kinds of payload index ``ensure_payload_indexes`` takes
+PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool")
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class FieldFilter:
+    """One condition on a field of the row payload (``SearchHit.payload``).
+
+    Exactly one of ``equals`` (the value), ``any_of`` (one of these values) or
+    ``range`` (``(("gte", 1950), ("lt", 2000))``: bounds named ``gt``, ``gte``,
+    ``lt``, ``lte``, numbers) is set.  A search's filters all hold (AND).  A
+    point whose payload lacks the field, or holds null there, never matches.
+    """
+
+    field: str
+    equals: Scalar | None = None
+    any_of: tuple[Scalar, ...] | None = None
+    range: tuple[tuple[str, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = [x is not None for x in (self.equals, self.any_of, self.range)]
+        if sum(set_) != 1:
+            raise ValueError(f"filter on {self.field!r}: give exactly one of a value, 'in' or a range")
+        if self.range is not None:
+            if not self.range:
+                raise ValueError(f"filter on {self.field!r}: an empty range")
+            for op, bound in self.range:
+                if op not in ("gt", "gte", "lt", "lte"):
+                    raise ValueError(f"filter on {self.field!r}: unknown bound {op!r} (use gt, gte, lt, lte)")
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                    raise ValueError(f"filter on {self.field!r}: bound {op} must be a number, not {bound!r}")
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """``range`` as a dict (empty for the other kinds)."""
+        return dict(self.range or ())
+
+
+class UnsupportedSearch(ValueError):
+    """A search this sink cannot run (a mode it lacks); the message says which and what works."""
 
 
 #: the state document :meth:`VectorSink.ping` reads (it never exists)
@@ -188,8 +243,23 @@ class VectorSink(abc.ABC):
         """
 
     @abc.abstractmethod
-    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
-        """The ``k`` nearest points by cosine similarity, best first."""
+    def search(self, vector: np.ndarray | None, k: int, *, table: str | None = None,
+               filters: Sequence[FieldFilter] = (), score_threshold: float | None = None,
+               text: str = "", mode: str = "dense") -> list[SearchHit]:
+        """The ``k`` best points, best first (see the module docstring).
+
+        ``dense``: the nearest to ``vector`` by cosine similarity.  ``table``
+        keeps one source table's points; ``filters`` all hold; hits scoring
+        under ``score_threshold`` are left out (dense scores only).  ``hybrid``
+        needs ``vector`` and ``text``, ``keyword`` only ``text``; a sink without
+        that mode raises :class:`UnsupportedSearch`.
+        """
+
+    def ensure_payload_indexes(self, fields: dict[str, str]) -> None:
+        """Index payload fields searches filter on: field -> one of :data:`PAYLOAD_INDEX_KINDS`.
+
+        Idempotent; called after ``ensure_ready``.  Default: nothing to do
+        (the store filters without an index)."""
 
     @abc.abstractmethod
     def count(self) -> int:
@@ -271,6 +341,11 @@ def open_sink(config: Any) -> VectorSink:
     """Build the sink named by ``config.kind`` from its own settings model
     (``QdrantSinkConfig``, ``MySQLSinkConfig``; ``cluster.config.SinkConfig`` is their union)."""
     if config.kind == "qdrant":
+        if not config.url:
+            # embedded: Qdrant Edge at sink.path (":memory:": a temporary, non-durable one)
+            from actors.sinks.qdrant import EdgeSink
+
+            return EdgeSink(config)
         from actors.sinks.qdrant import QdrantSink
 
         return QdrantSink(config)

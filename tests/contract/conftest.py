@@ -8,7 +8,10 @@ store opened, ``ensure_ready(DIM)`` done, closed after the test).
 
 Request sizes are measured for real, per kind: Qdrant's requests are the REST
 bodies qdrant-client would send for each call (its own JSON encoder), taken
-at the sink's one request method while the store applies them; MySQL's are
+at the sink's one request method while the store applies them; for the Edge
+store, whose requests are calls into the library, they are the REST bodies of
+the same operations (the points, vectors and payloads each call carries, as
+qdrant-client would encode them for a server); MySQL's are
 the bytes of each query on the wire (a relay between sink and server,
 ``wire.py``), on a private MariaDB started with ``max_allowed_packet = LIMIT``,
 so that the server itself also refuses any larger statement.
@@ -54,6 +57,8 @@ class SinkKind:
     limit_key: str
     #: False for stores that keep nothing once closed (the reopen case is skipped for them)
     durable: bool = True
+    #: builds the sink from its settings (open_sink, unless a kind needs another class)
+    open: Callable[[Any], VectorSink] = open_sink
 
 
 def _mysql_portable(request: pytest.FixtureRequest, tmp_path: Path) -> MySQLSinkConfig:
@@ -131,6 +136,54 @@ def _qdrant_requests(request: pytest.FixtureRequest, sink: VectorSink) -> Iterat
         del sink._request  # type: ignore[attr-defined]
 
 
+_EDGE_KINDS = {"upsert": "upsert", "update": "update", "delete": "delete", "retrieve": "read"}
+
+
+def _edge_vector(vector: Any) -> Any:
+    """An Edge point's vectors as qdrant-client's model of them (a map of named dense and sparse vectors)."""
+    from qdrant_client import models
+
+    if not isinstance(vector, dict):
+        return list(vector)
+    return {name: models.SparseVector(indices=list(v.indices), values=list(v.values)) if hasattr(v, "indices")
+            else list(v) for name, v in vector.items()}
+
+
+def _edge_body(kind: str, items: list[Any], options: dict[str, Any]) -> Any:
+    """The REST body of the operation one Edge call carries (what a server would receive for it)."""
+    from qdrant_client import models
+
+    if kind in ("upsert", "update"):
+        return models.PointsList(points=[
+            models.PointStruct(id=str(p.id), vector=_edge_vector(p.vector), payload=p.payload) for p in items])
+    if kind == "delete":
+        return models.PointIdsList(points=[str(i) for i in items])
+    if kind == "retrieve":
+        return models.PointRequest(ids=[str(i) for i in items], with_payload=options.get("with_payload"),
+                                   with_vector=bool(options.get("with_vector")))
+    raise AssertionError(f"unexpected Edge request {kind}")
+
+
+@contextlib.contextmanager
+def _edge_requests(request: pytest.FixtureRequest, sink: VectorSink) -> Iterator[Requests]:
+    """Each call into the Edge store, sized as the REST body of the same operation."""
+    from qdrant_client.http.api.points_api import jsonable_encoder
+
+    log = Requests()
+    send = sink._request  # type: ignore[attr-defined]  # the sink's one way to the store
+
+    def measured(kind: str, target: str, items: list[Any], **options: Any) -> Any:
+        body = jsonable_encoder(_edge_body(kind, items, options))
+        log.sent.append((_EDGE_KINDS[kind], len(body.encode("utf-8"))))
+        return send(kind, target, items, **options)
+
+    sink._request = measured  # type: ignore[attr-defined]
+    try:
+        yield log
+    finally:
+        del sink._request  # type: ignore[attr-defined]
+
+
 _SQL_KINDS = {"insert": "upsert", "update": "update", "delete": "delete", "select": "read"}
 
 
@@ -163,22 +216,42 @@ def _mysql_requests(request: pytest.FixtureRequest, sink: VectorSink) -> Iterato
 
 # The registry of sink kinds.  Adding a sink (or a dialect/mode of one) to the
 # contract suite = adding one entry here; every contract case then runs on it.
+def _client_sink(config: QdrantSinkConfig) -> VectorSink:
+    """qdrant-client's in-memory local mode: the stand-in for a Qdrant server (no server binary here)."""
+    from actors.sinks.qdrant import QdrantSink
+
+    return QdrantSink(config)
+
+
+def _edge(path: str, **kw: Any) -> QdrantSinkConfig:
+    return QdrantSinkConfig(path=path, collection="contract", **kw)
+
+
 SINK_KINDS = [
     SinkKind(
-        "qdrant-embedded",
-        lambda request, tmp: QdrantSinkConfig(path=str(tmp / "q"), collection="contract"),
-        limited=lambda request, tmp: QdrantSinkConfig(path=str(tmp / "limited"), collection="contract",
-                                                      max_request_bytes=LIMIT),
-        requests=_qdrant_requests,
+        "qdrant-edge",
+        lambda request, tmp: _edge(str(tmp / "q")),
+        limited=lambda request, tmp: _edge(str(tmp / "limited"), max_request_bytes=LIMIT),
+        requests=_edge_requests,
         limit_key="sink.max_request_bytes",
     ),
     SinkKind(
-        "qdrant-memory",
-        lambda request, tmp: QdrantSinkConfig(path=":memory:", collection="contract"),
-        limited=lambda request, tmp: QdrantSinkConfig(path=":memory:", collection="contract", max_request_bytes=LIMIT),
+        "qdrant-edge-memory",
+        lambda request, tmp: _edge(":memory:"),
+        limited=lambda request, tmp: _edge(":memory:", max_request_bytes=LIMIT),
+        requests=_edge_requests,
+        limit_key="sink.max_request_bytes",
+        durable=False,
+    ),
+    SinkKind(
+        # the sink of a sink.url (QdrantSink), on qdrant-client's in-memory local mode
+        "qdrant-server-standin",
+        lambda request, tmp: _edge(":memory:"),
+        limited=lambda request, tmp: _edge(":memory:", max_request_bytes=LIMIT),
         requests=_qdrant_requests,
         limit_key="sink.max_request_bytes",
         durable=False,
+        open=_client_sink,
     ),
     SinkKind("mysql-portable", _mysql_portable, limited=_mysql_limited, requests=_mysql_requests,
              limit_key="max_allowed_packet"),
@@ -206,7 +279,7 @@ class Store:
                 assert self._request is not None and self._tmp_path is not None
                 self._limited = self.kind.limited(self._request, self._tmp_path)
             config = self._limited
-        sink = open_sink(config)
+        sink = self.kind.open(config)
         self._open.append(sink)
         sink.ensure_ready(DIM)
         return sink

@@ -16,7 +16,17 @@ import numpy as np
 import pytest
 
 from actors.changes import point_id, text_hash
-from actors.sinks.base import MissingPointError, PointError, PointTooLarge, SinkError, VectorPoint, VectorSink, open_sink
+from actors.sinks.base import (
+    FieldFilter,
+    MissingPointError,
+    PointError,
+    PointTooLarge,
+    SearchHit,
+    SinkError,
+    UnsupportedSearch,
+    VectorPoint,
+    VectorSink,
+)
 from tests.contract.conftest import Store
 from tests.contract.points import DIM, DOCS, LIMIT, NOTES, assert_same, point, points, snapshot, unit, written
 
@@ -228,7 +238,7 @@ def test_points_page_walks_every_point_once_in_id_order(sink: VectorSink, limit:
 
 def test_reads_before_ensure_ready_find_nothing_in_a_new_store(store: Store) -> None:
     """A reader that creates nothing (``embedcluster verify``) may read before ``ensure_ready``."""
-    fresh = open_sink(store.config)
+    fresh = store.kind.open(store.config)
     try:
         assert fresh.get_points([_absent_id()]) == {}
         assert fresh.points_page(DOCS, None, 10) == ([], None) and list(fresh.iter_points()) == []
@@ -469,3 +479,176 @@ def test_delete_table_except_generation_removes_what_the_backfill_did_not_write(
         with pytest.raises(ValueError):
             sink.delete_table_except_generation(DOCS, bad)  # type: ignore[arg-type]
     assert sink.count() == 6
+
+
+# -- filtered search, table, score threshold, modes ------------------------------------------------------------
+
+
+@pytest.fixture
+def searchable(sink: VectorSink) -> VectorSink:
+    """The sink of the filter cases (every kind runs them)."""
+    return sink
+
+
+def _ids(hits: list[SearchHit]) -> list[str]:
+    return [point_id(h.table, h.key) for h in hits]
+
+
+def _nearest(batch: list[VectorPoint], q: np.ndarray, k: int) -> list[str]:
+    """The ids of the ``k`` points of ``batch`` nearest to ``q`` by exact cosine similarity."""
+    stored = np.stack([p.vector for p in batch]).astype(np.float64)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    order = np.argsort(-(stored @ (q / np.linalg.norm(q))), kind="stable")[:k]
+    return [batch[i].id for i in order]
+
+
+def test_a_filter_returns_every_match_up_to_k_never_fewer(searchable: VectorSink) -> None:
+    """1,000 points, 7 of them teal: a k=10 search for teal returns exactly those 7, best first;
+    fetching the 10 nearest and dropping the rest would return almost none of them."""
+    sink = searchable
+    rng = np.random.default_rng(5)
+    teal = set(rng.choice(1000, size=7, replace=False).tolist())
+    batch = [point(DOCS, i, payload={"color": "teal" if i in teal else "grey", "n": i}) for i in range(1000)]
+    sink.upsert(batch)
+    q = unit(77)
+    hits = sink.search(q, 10, filters=[FieldFilter("color", equals="teal")])
+    want = _nearest([p for p in batch if p.key[0] in teal], q, 10)
+    assert _ids(hits) == want and len(hits) == 7
+    assert all(h.payload["color"] == "teal" for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # more matches than k: exactly k, the nearest of the matches
+    hits = sink.search(q, 10, filters=[FieldFilter("color", equals="grey")])
+    assert _ids(hits) == _nearest([p for p in batch if p.key[0] not in teal], q, 10)
+
+
+def test_table_keeps_one_tables_points(searchable: VectorSink) -> None:
+    sink = searchable
+    docs, notes = points(DOCS, range(30)), points(NOTES, range(4))
+    sink.upsert(docs + notes)
+    sink.set_state("contract/doc", {"not": "a point"})
+    q = unit(3)
+    assert _ids(sink.search(q, 10, table=NOTES)) == _nearest(notes, q, 10)
+    assert _ids(sink.search(q, 5, table=DOCS)) == _nearest(docs, q, 5)
+    assert sink.search(q, 5, table="public.nothing") == []
+    # with a filter too: both hold
+    got = sink.search(q, 10, table=DOCS, filters=[FieldFilter("k", any_of=(1, 2, 3))])
+    assert sorted(h.key for h in got) == [[1], [2], [3]]
+
+
+def test_score_threshold_leaves_out_lower_scores_inside_the_store(searchable: VectorSink) -> None:
+    sink = searchable
+    batch = points(DOCS, range(200))
+    sink.upsert(batch)
+    q = batch[17].vector
+    everything = sink.search(q, 200)
+    threshold = float(everything[12].score) - 1e-4  # the 13 best pass, the 14th does not (random vectors)
+    assert everything[13].score < threshold
+    hits = sink.search(q, 50, score_threshold=threshold)
+    assert _ids(hits) == _ids(everything[:13])
+    assert all(h.score >= threshold for h in hits)
+    assert sink.search(q, 50, score_threshold=1.5) == []  # nothing scores above 1
+    # with k below the matches: k of them
+    assert _ids(sink.search(q, 5, score_threshold=threshold)) == _ids(everything[:5])
+
+
+def _typed_points() -> list[VectorPoint]:
+    colors = ["red", "green", "blue"]
+    batch = []
+    for i in range(24):
+        payload: dict[str, Any] = {"i": i, "color": colors[i % 3], "odd": bool(i % 2), "price": i * 1.5}
+        if i % 4 == 0:
+            payload["price"] = None  # null never matches
+        if i % 6 == 0:
+            del payload["color"]  # nor does a missing field
+        batch.append(point(DOCS, i, payload=payload))
+    return batch
+
+
+def _keys(hits: list[SearchHit]) -> list[int]:
+    return sorted(h.key[0] for h in hits)
+
+
+def test_filters_on_strings_numbers_and_booleans_and_all_of_them_hold(searchable: VectorSink) -> None:
+    sink = searchable
+    batch = _typed_points()
+    sink.upsert(batch)
+    q = unit(9)
+    expected = {
+        (FieldFilter("color", equals="red"),): [i for i in range(24) if i % 3 == 0 and i % 6],
+        (FieldFilter("i", equals=7),): [7],
+        (FieldFilter("odd", equals=True),): [i for i in range(24) if i % 2],
+        (FieldFilter("odd", equals=False),): [i for i in range(24) if not i % 2],
+        (FieldFilter("price", equals=4.5),): [3],
+        (FieldFilter("color", any_of=("green", "blue")),): [i for i in range(24) if i % 3 and i % 6],
+        (FieldFilter("i", any_of=(2, 3, 99)),): [2, 3],
+        (FieldFilter("i", any_of=()),): [],
+        (FieldFilter("i", range=(("gte", 5), ("lt", 9))),): [5, 6, 7, 8],
+        (FieldFilter("i", range=(("gt", 20),)),): [21, 22, 23],
+        (FieldFilter("price", range=(("lte", 6.0),)),): [1, 2, 3],  # 0 and 4 hold null
+        (FieldFilter("i", range=(("gte", 10),)), FieldFilter("odd", equals=True), FieldFilter("color", equals="green")):
+            [13, 19],
+        (FieldFilter("nothing", equals="x"),): [],
+    }
+    for flts, keys in expected.items():
+        assert _keys(sink.search(q, 30, filters=list(flts))) == keys, flts
+
+
+def test_field_names_with_dots_spaces_and_quotes_are_addressed_exactly(searchable: VectorSink) -> None:
+    """A field called ``a.b`` is not ``b`` inside ``a``; one a sink cannot address is refused in one line."""
+    sink = searchable
+    dotted = point(DOCS, 1, payload={"a.b": 1, "with space": "yes", "it's": "x", "tab[0]": 5})
+    nested = point(DOCS, 2, payload={"a": {"b": 1}, "with": {"space": "yes"}})
+    sink.upsert([dotted, nested])
+    q = unit(1)
+    assert _ids(sink.search(q, 5, filters=[FieldFilter("a.b", equals=1)])) == [dotted.id]
+    assert _ids(sink.search(q, 5, filters=[FieldFilter("with space", equals="yes")])) == [dotted.id]
+    assert _ids(sink.search(q, 5, filters=[FieldFilter("it's", equals="x")])) == [dotted.id]
+    assert _ids(sink.search(q, 5, filters=[FieldFilter("tab[0]", equals=5)])) == [dotted.id]
+    quoted = point(DOCS, 3, payload={'say "hi"': 1})
+    sink.upsert([quoted])
+    try:
+        hits = sink.search(q, 5, filters=[FieldFilter('say "hi"', equals=1)])
+    except ValueError as exc:
+        assert 'say "hi"' in str(exc) and "\n" not in str(exc)
+    else:
+        assert _ids(hits) == [quoted.id]
+
+
+def test_payload_indexes_are_idempotent_and_filters_agree_with_them(searchable: VectorSink) -> None:
+    sink = searchable
+    batch = _typed_points()
+    sink.upsert(batch)
+    q = unit(4)
+    before = {f: _keys(sink.search(q, 30, filters=[flt])) for f, flt in (
+        ("color", FieldFilter("color", equals="blue")), ("i", FieldFilter("i", range=(("lt", 4),))),
+        ("price", FieldFilter("price", range=(("gt", 30.0),))), ("odd", FieldFilter("odd", equals=True)))}
+    fields = {"color": "keyword", "i": "integer", "price": "float", "odd": "bool"}
+    sink.ensure_payload_indexes(fields)
+    sink.ensure_payload_indexes(fields)  # again: harmless
+    sink.upsert([point(DOCS, 100, payload={"i": 1, "color": "blue", "odd": True, "price": 99.0})])  # after indexing
+    after = {f: _keys(sink.search(q, 30, filters=[flt])) for f, flt in (
+        ("color", FieldFilter("color", equals="blue")), ("i", FieldFilter("i", range=(("lt", 4),))),
+        ("price", FieldFilter("price", range=(("gt", 30.0),))), ("odd", FieldFilter("odd", equals=True)))}
+    assert after == {f: sorted(keys + [100]) for f, keys in before.items()}
+
+
+def test_keyword_and_hybrid_search_find_an_exact_term_or_are_refused(searchable: VectorSink) -> None:
+    """A sink either runs BM25 over the stored text (the rare word's point first) or raises
+    UnsupportedSearch, a one-line ValueError; dense search never needs the text."""
+    sink = searchable
+    batch = [point(DOCS, i, text=f"an ordinary row about item {i}") for i in range(40)]
+    rare = point(DOCS, 99, text="the zyzzyva beetle of the palm")
+    sink.upsert(batch + [rare])
+    for mode, vector in (("keyword", None), ("hybrid", unit(2))):
+        try:
+            hits = sink.search(vector, 5, text="zyzzyva", mode=mode)
+        except UnsupportedSearch as exc:
+            assert isinstance(exc, ValueError) and mode in str(exc) and "\n" not in str(exc)
+            continue
+        assert hits and _ids(hits)[0] == rare.id, mode
+        if mode == "keyword":
+            assert _ids(hits) == [rare.id]  # no other text holds the word
+        # filters hold in every mode
+        assert sink.search(vector, 5, text="zyzzyva", mode=mode, table=NOTES) == []
+    with pytest.raises(ValueError):
+        sink.search(unit(2), 5, mode="semantic")

@@ -97,11 +97,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
 
 
 def test_sink_wrong_dimension(books: str, tmp_path: Path) -> None:
-    from qdrant_client import QdrantClient, models
+    from actors.sinks.base import open_sink
+    from actors.sinks.qdrant import QdrantSinkConfig
 
-    client = QdrantClient(path=str(tmp_path / "q"))
-    client.create_collection("embedcluster", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
-    client.close()
+    store = open_sink(QdrantSinkConfig(path=str(tmp_path / "q")))  # the embedded store, 8-d
+    store.ensure_ready(8)
+    store.close()
     cfg = write_config(tmp_path / "c.toml", books, free_port(), _sink(tmp_path))
     assert_one_line_error(run_cli(cfg), "embedcluster", "8-dimensional", "384")
 

@@ -374,6 +374,72 @@ def test_filtered_search_is_restricted_to_one_source_table(sink: MySQLSink) -> N
     assert sink.search(q, 5, table="public.nothing") == []
 
 
+def _filter_points(n: int) -> list[VectorPoint]:
+    """Points whose payloads hold numbers, strings, booleans, arrays, nulls and odd field names."""
+    pts = make_points(n, seed=3)
+    for p in pts:
+        i = p.key[0]
+        p.payload = {"year": 1900 + i, "author": ["ann", "bob", "cy"][i % 3], "ok": i % 2 == 0,
+                     "tags": ["t%d" % (i % 4), "all"], "maybe": None if i % 5 else i,
+                     'odd "name".x': i % 7, "price": i / 4}
+    return pts
+
+
+def test_payload_filters_run_in_sql_and_return_every_match_up_to_k(sink: MySQLSink) -> None:
+    from actors.sinks.base import FieldFilter
+
+    pts = _filter_points(200)
+    sink.upsert(pts)
+    q = np.random.default_rng(9).normal(size=DIM).astype(np.float32)
+    by_id = {p.id: p for p in pts}
+
+    def run(*filters: FieldFilter, k: int = 50, table: str | None = None) -> list[VectorPoint]:
+        hits = sink.search(q, k, filters=filters, table=table)
+        return [by_id[point_id(h.table, h.key)] for h in hits]
+
+    def ranked(keep) -> list[str]:
+        return [pid for pid, _ in numpy_ranking([p for p in pts if keep(p)], q)]
+
+    # a range holding 7 of 200 rows: all 7 come back with k = 10 (not the 10 best, filtered after)
+    got = run(FieldFilter("year", range=(("gte", 1950), ("lt", 1957))), k=10)
+    assert [p.id for p in got] == ranked(lambda p: 1950 <= p.payload["year"] < 1957)
+    assert len(got) == 7
+    # equality on a string, "in", booleans (not 1/0), array membership, AND of several fields
+    assert [p.id for p in run(FieldFilter("author", equals="bob"), k=100)] == ranked(lambda p: p.payload["author"] == "bob")
+    assert {p.payload["author"] for p in run(FieldFilter("author", any_of=("ann", "cy")), k=200)} == {"ann", "cy"}
+    assert len(run(FieldFilter("author", any_of=("ann", "cy")), k=200)) == len([i for i in range(200) if i % 3 != 1])
+    assert all(p.payload["ok"] is True for p in run(FieldFilter("ok", equals=True), k=200))
+    assert len(run(FieldFilter("ok", equals=True), k=200)) == 100
+    assert len(run(FieldFilter("tags", equals="t1"), k=200)) == 50
+    both = run(FieldFilter("author", equals="ann"), FieldFilter("year", range=(("lt", 1930),)), k=200)
+    assert sorted(p.key[0] for p in both) == [i for i in range(30) if i % 3 == 0]
+    # a float range, a field holding null for most rows, an odd name with quotes and a dot
+    assert sorted(p.key[0] for p in run(FieldFilter("price", range=(("gt", 49.0),)), k=200)) == list(range(197, 200))
+    assert sorted(p.key[0] for p in run(FieldFilter("maybe", range=(("gte", 0),)), k=200)) == list(range(0, 200, 5))
+    assert len(run(FieldFilter('odd "name".x', equals=3), k=200)) == len([i for i in range(200) if i % 7 == 3])
+    # a string never matches a number, nor a missing field anything; with the table condition too
+    assert run(FieldFilter("year", equals="1950")) == []
+    assert run(FieldFilter("nope", equals=1)) == []
+    assert {p.table for p in run(FieldFilter("author", equals="cy"), table="public.notes", k=200)} == {"public.notes"}
+    # an injection attempt through a field name and a value is data, not SQL
+    assert run(FieldFilter("year') OR 1=1 -- ", equals="x' OR '1'='1")) == []
+    assert sink.count() == 200
+
+
+def test_score_threshold_and_modes(sink: MySQLSink) -> None:
+    from actors.sinks.base import UnsupportedSearch
+
+    pts = make_points(40, seed=4)
+    sink.upsert(pts)
+    q = pts[3].vector
+    everything = sink.search(q, 40)
+    cut = everything[10].score
+    kept = sink.search(q, 40, score_threshold=cut)
+    assert [h.key for h in kept] == [h.key for h in everything if h.score >= cut] and len(kept) >= 11
+    with pytest.raises(UnsupportedSearch, match="mode 'hybrid'"):
+        sink.search(q, 5, text="row", mode="hybrid")
+
+
 def test_search_edge_cases(sink: MySQLSink) -> None:
     q = np.ones(DIM, np.float32)
     assert sink.search(q, 5) == []  # empty table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -34,8 +35,49 @@ def _top_name(app, q: str) -> str:  # noqa: ANN001
     return results[0]["payload"]["name"] if results else ""
 
 
+def _metrics(app) -> dict[tuple[str, tuple], float]:  # noqa: ANN001
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(app.base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def _search_options_run_in_the_store(app, books: str, kind: str) -> None:  # noqa: ANN001
+    """POST /search's table, filter, score_threshold and mode over HTTP, against what PostgreSQL holds."""
+    with psycopg.connect(books) as conn:
+        before_1900 = {r[0] for r in conn.execute("SELECT id FROM books WHERE year < 1900")}
+        wells = {r[0] for r in conn.execute("SELECT id FROM books WHERE author = 'H.G. Wells'")}
+    assert 1 <= len(before_1900) < 8 and wells
+    # every match of the filter comes back (k above the count), nothing else
+    status, body = app.post_search({"q": "battle in space", "k": 10, "filter": {"year": {"lt": 1900}}})
+    assert status == 200 and {r["id"] for r in body["results"]} == before_1900, body
+    status, body = app.post_search({"q": "battle in space", "k": 10, "table": "public.books",
+                                    "filter": {"author": {"in": ["H.G. Wells", "nobody"]}, "year": {"gte": 1000}}})
+    assert status == 200 and {r["id"] for r in body["results"]} == wells, body
+    # GET takes the same filter as JSON
+    got = app.search_with({"q": "battle in space", "k": 10, "filter": '{"year": {"lt": 1900}}'})
+    assert {r["id"] for r in got["results"]} == before_1900
+    # a threshold above every score leaves nothing; one below the last keeps all
+    status, body = app.post_search({"q": "battle in space", "k": 3, "score_threshold": 0.99})
+    assert status == 200 and body["results"] == []
+    # errors name the field, the table, the mode
+    status, body = app.post_search({"q": "x", "filter": {"isbn": "123"}})
+    assert status == 400 and "'isbn' is not in the payload" in body["error"], body
+    status, body = app.post_search({"q": "x", "table": "public.films"})
+    assert status == 400 and "'public.films' is not indexed" in body["error"], body
+    status, body = app.post_search({"q": "Martian invasion", "k": 3, "mode": "keyword"})
+    if kind == "mysql":
+        assert status == 400 and "mode 'keyword'" in body["error"] and "\n" not in body["error"], body
+    else:
+        assert status == 200 and body["results"][0]["payload"]["name"] == "The War of the Worlds", body
 
 
 def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_settings: dict[str, Any], pg, tmp_path: Path) -> None:  # noqa: ANN001
@@ -52,6 +94,15 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         scores = [r["score"] for r in first["results"]]
         assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
         assert isinstance(first["took_ms"], float)
+        _search_options_run_in_the_store(app, books, sink_settings["kind"])
+        shown = _cli("search", "battle in space", "-k", "3", "--filter", "year<1900", "--url", app.base)
+        assert shown.returncode == 0 and "hit(s) for 'battle in space'" in shown.stdout and "1898" in shown.stdout, shown
+        answer = json.loads(_cli("search", "battle in space", "-k", "3", "--filter", "year<1900", "--url", app.base,
+                                 "--json").stdout)
+        assert answer["results"][0]["payload"]["name"] == "The War of the Worlds"
+        assert all(r["payload"]["year"] < 1900 for r in answer["results"])
+        refused = _cli("search", "x", "--filter", "isbn=1", "--config", str(config))
+        assert refused.returncode == 2 and "'isbn' is not in the payload" in refused.stderr, refused
 
         # the story: a second batch of alien-invasion books, Old Man's War first within seconds
         with psycopg.connect(books, autocommit=True) as conn:
@@ -60,6 +111,11 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         wait_for(lambda: _top_name(app, "battle in space") == "Old Man's War", 10, "Old Man's War to rank first")
         visible_after = time.monotonic() - committed
         assert visible_after < 3.0, f"new rows took {visible_after:.2f}s to become searchable"
+        # /metrics: that commit's freshness (commit -> written), and the search latency of this replica
+        metrics = _metrics(app)
+        assert metrics[("embedcluster_freshness_seconds_count", ())] >= 1
+        assert metrics[("embedcluster_freshness_seconds_bucket", (("le", "5.0"),))] >= 1
+        assert metrics[("embedcluster_search_seconds_count", (("mode", "dense"),))] >= 1
 
         # update: new text -> new vector and payload
         with psycopg.connect(books, autocommit=True) as conn:
@@ -116,6 +172,8 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         )
         assert "slot:          embedcluster" in status.stdout and "active:        yes" in status.stdout
         assert "pipeline:      streaming" in status.stdout and "rows applied:  " in status.stdout
+        as_json = json.loads(_cli("status", "--config", str(config), "--json").stdout)
+        assert as_json["pipeline"] == "streaming" and as_json["lag_bytes"] is not None and as_json["rows_applied"] >= 8
         busy = _cli("drop", "--config", str(config), "--yes")  # the running pipeline holds the slot
         assert busy.returncode == 2 and "in use by process" in busy.stderr, busy.stderr
     finally:

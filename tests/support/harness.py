@@ -95,12 +95,15 @@ def wait_caught_up(dsn: str, slot: str, timeout: float = 60.0) -> None:
 def write_config(path: Path, dsn: str, port: int, sink: dict[str, Any], slot: str = "embedcluster",
                  tables: list[dict[str, Any]] | None = None, extra: str = "") -> Path:
     tables = tables or [{"name": "public.books", "text": "{description}",
-                         "payload": ["name", "description", "author", "year"]}]
+                         "payload": ["name", "description", "author", "year"], "filterable": ["year", "author"]}]
     lines = ["[source]", f'dsn = "{dsn}"', f'slot = "{slot}"', f'publication = "{slot}"', ""]
     for t in tables:
         # JSON strings are TOML basic strings: names with quotes, spaces or accents survive
         lines += ["[[tables]]", f'name = {json.dumps(t["name"])}', f'text = {json.dumps(t["text"])}',
-                  "payload = " + json.dumps(t["payload"]), ""]
+                  "payload = " + json.dumps(t["payload"])]
+        if t.get("filterable"):
+            lines.append("filterable = " + json.dumps(t["filterable"]))
+        lines.append("")
     lines += ["[embedding]", 'model = "default"', "actors = 1", 'device = "auto"', "batch_size = 64", ""]
     lines += ["[sink]"] + [f"{k} = {json.dumps(v)}" for k, v in sink.items()] + [""]
     lines += ["[serve]", 'host = "127.0.0.1"', f"port = {port}", "", extra]
@@ -170,6 +173,22 @@ class RunningApp:
         status, body = http_get(f"{self.base}/search?" + urllib.parse.urlencode({"q": q, "k": k}))
         assert status == 200, body
         return body
+
+    def search_with(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``GET /search`` with these query parameters (200 expected)."""
+        status, body = http_get(f"{self.base}/search?" + urllib.parse.urlencode(params))
+        assert status == 200, body
+        return body
+
+    def post_search(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """``POST /search`` with ``body`` as JSON: (status, decoded answer)."""
+        request = urllib.request.Request(f"{self.base}/search", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
     def stats(self) -> dict[str, Any]:
         status, body = http_get(self.base + "/stats")

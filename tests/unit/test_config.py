@@ -516,3 +516,15 @@ def test_template_placeholder_with_a_newline_is_refused():
         config_from_dict({"source": {"dsn": "postgresql://u@h/db"},
                           "tables": [{"name": "books", "text": "{body\n}"}]}, environ={})
     assert "tables[0].text" in str(info.value)
+
+
+def test_filterable_columns_must_be_payload_columns(tmp_path):
+    text = EXAMPLE.replace('payload = ["name", "description", "author", "year"]',
+                           'payload = ["name", "description", "author", "year"]\nfilterable = ["year", "author", "year"]')
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.tables[0].filterable == ["year", "author"]
+    bad = EXAMPLE.replace('payload = ["name", "description", "author", "year"]',
+                          'payload = ["name", "description", "author", "year"]\nfilterable = ["isbn"]')
+    error = load_error(write(tmp_path, bad))
+    assert "tables" in error and "filterable" in error and "'isbn'" in error and "add it to payload" in error
+    assert "\n" not in error.strip()

@@ -7,7 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from actors.embedder import EmbedStats, Embedder, cpu_has_native_bf16, resolve_dtype, resolve_model_path
+from actors.embedder import (
+    EmbedStats,
+    Embedder,
+    cpu_has_native_bf16,
+    release_free_memory,
+    resolve_dtype,
+    resolve_model_path,
+)
 
 DIM = 384
 
@@ -386,3 +393,47 @@ def test_a_head_of_whitespace_is_read_further_until_there_are_tokens(embedder, m
     out = embedder.embed([text, "a desert planet and a noble family"])
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
     assert max(recording.lengths) <= len(text)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_release_free_memory_hands_freed_heap_pages_back():
+    # many small blocks (below the mmap threshold: they live in the heap), freed all but every
+    # 64th: the survivors pin the heap's top, so free() alone cannot shrink it; trimming can
+    import ctypes
+
+    if not release_free_memory():
+        pytest.skip("not glibc: no malloc_trim")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    release_free_memory()
+    blocks = [libc.malloc(16 << 10) for _ in range(8192)]  # 128 MiB
+    for b in blocks:
+        ctypes.memset(b, 1, 16 << 10)
+    for i, b in enumerate(blocks):
+        if i % 64:
+            libc.free(b)
+    before = _rss_mib()
+    assert release_free_memory()
+    after = _rss_mib()
+    for b in blocks[::64]:
+        libc.free(b)
+    assert before - after > 64, (before, after)
+
+
+def test_embedding_calls_trim_at_most_once_per_interval(embedder, monkeypatch):
+    import actors.embedder as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_free_memory", lambda: calls.append(1) or True)
+    embedder._trimmed_at = 0.0
+    embedder.embed(["one"])
+    embedder.embed(["two"])
+    assert len(calls) == 1  # the second call came well within TRIM_INTERVAL_S
+    embedder._trimmed_at -= module.TRIM_INTERVAL_S
+    embedder.embed(["three"])
+    assert len(calls) == 2

@@ -203,6 +203,27 @@ class TestCloudSQL:
             ("public.docs", VEC, 5),
         )
 
+    def test_payload_filters_beside_the_table_filter(self) -> None:
+        # [CSQL-SEARCH] "Search and filter": more predicates ANDed in the same WHERE; every name
+        # and value is a parameter (a JSON path and a JSON document), never SQL text.
+        from actors.sinks.base import FieldFilter
+
+        where = self.d.filter_where([FieldFilter("year", range=(("gte", 1950), ("lt", 2000))),
+                                     FieldFilter('a "b".c', any_of=("x", 2))])
+        value = "JSON_EXTRACT(`payload`, %s)"
+        assert where == (
+            f"(JSON_TYPE({value}) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL') AND "
+            f"CAST(JSON_UNQUOTE({value}) AS DOUBLE) >= %s AND CAST(JSON_UNQUOTE({value}) AS DOUBLE) < %s) AND "
+            "(JSON_CONTAINS(`payload`, %s, %s) OR JSON_CONTAINS(`payload`, %s, %s))",
+            ('$."year"', '$."year"', 1950.0, '$."year"', 2000.0, '"x"', '$."a \\"b\\".c"', "2", '$."a \\"b\\".c"'),
+        )
+        sql, params = self.d.ann_query(VEC, 50, "public.docs", where)
+        assert sql == (SELECT_CSQL + f" WHERE `source_table` = %s AND {where[0]} "
+                       "ORDER BY approx_distance(`embedding`, string_to_vector(%s), %s) LIMIT %s")
+        assert params == ("public.docs", *where[1], VEC, "distance_measure=cosine", 50)
+        assert self.d.filter_where([]) is None
+        assert self.d.filter_where([FieldFilter("t", any_of=())]) == ("FALSE", ())
+
 
 # ============================================================== cloudsql-preview
 

@@ -206,3 +206,16 @@ def test_array_round_trip_of_awkward_elements():
     values = ["", "NULL", "null", "a,b", "{", "}", '"', "\\", " lead", "trail ", "tab\there", "new\nline", "ü", None]
     text = pv.array_text(values)
     assert pv.parse_array(text) == values
+
+
+def test_index_kind_follows_the_column_type():
+    from actors.pgvalues import index_kind
+
+    # int2, int4, int8 | float4, float8, numeric | bool | text, varchar, date, timestamptz, uuid | int4[], text[]
+    assert [index_kind(t) for t in (21, 23, 20)] == ["integer"] * 3
+    assert [index_kind(t) for t in (700, 701, 1700)] == ["float"] * 3
+    assert index_kind(16) == "bool"
+    assert [index_kind(t) for t in (25, 1043, 1082, 1184, 2950)] == ["keyword"] * 5
+    assert index_kind(1007) == "integer" and index_kind(1009) == "keyword"
+    # a domain over int8 (the catalog resolves it to its base type)
+    assert index_kind(90001, {90001: (20, 0)}) == "integer"

@@ -1,4 +1,4 @@
-"""actors/sinks/qdrant/: embedded store durability settings survive a reopen."""
+"""actors/sinks/qdrant/sink.py (qdrant-client): its local mode's durability settings, request sizes, dense-only search."""
 
 import numpy as np
 
@@ -139,3 +139,47 @@ def test_a_point_too_large_names_the_key_and_how_to_raise_it(tmp_path):
     assert "sink.max_request_bytes" in message and "service.max_request_size_mb" in message
     assert info.value.limit == (16 << 10) - 512 and info.value.size > 20 << 10
     sink.close()
+
+
+def test_the_server_sink_runs_dense_search_only_and_says_which_modes_it_lacks():
+    import pytest
+
+    from actors.sinks.base import UnsupportedSearch
+
+    sink = QdrantSink(QdrantSinkConfig(path=":memory:", collection="unit"))
+    sink.ensure_ready(4)
+    sink.upsert([_point(i) for i in range(3)])
+    for mode in ("hybrid", "keyword"):
+        with pytest.raises(UnsupportedSearch) as info:
+            sink.search(_point(1).vector, 3, text="text", mode=mode)
+        message = str(info.value)
+        assert isinstance(info.value, ValueError) and mode in message and "sink.url" in message and "\n" not in message
+    assert [h.key for h in sink.search(_point(1).vector, 1)] == [[1]]
+    with pytest.raises(ValueError, match="unknown search mode"):
+        sink.search(_point(1).vector, 3, mode="semantic")
+    sink.close()
+
+
+def test_payload_indexes_are_checked_and_local_mode_needs_none():
+    import warnings
+
+    import pytest
+
+    sink = QdrantSink(QdrantSinkConfig(path=":memory:", collection="unit"))
+    sink.ensure_ready(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # qdrant-client warns when asked for an index it cannot use
+        sink.ensure_payload_indexes({"year": "integer", "a.b": "keyword"})
+    with pytest.raises(ValueError, match="unknown kind"):
+        sink.ensure_payload_indexes({"year": "date"})
+    with pytest.raises(ValueError, match="double quote"):
+        sink.ensure_payload_indexes({'a"b': "keyword"})
+    sink.close()
+
+
+def test_a_filter_field_is_addressed_as_one_quoted_payload_key():
+    from actors.sinks.qdrant.layout import field_path
+
+    assert field_path("year") == "payload.year"
+    assert field_path("a.b") == 'payload."a.b"' and field_path("with space") == 'payload."with space"'
+    assert field_path("tab[0]") == 'payload."tab[0]"'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import types
 
 import pytest
@@ -14,11 +16,11 @@ from serve_apps.search import (
 
 
 def test_default_k():
-    assert parse_query({"q": "sand planet"}) == ("sand planet", 5)
+    assert parse_query({"q": "sand planet"})[:2] == ("sand planet", 5)
 
 
 def test_query_is_stripped_and_k_parsed():
-    assert parse_query({"q": "  dune  ", "k": "7"}) == ("dune", 7)
+    assert parse_query({"q": "  dune  ", "k": "7"})[:2] == ("dune", 7)
 
 
 @pytest.mark.parametrize("k", ["1", "100", " 3"])
@@ -95,7 +97,7 @@ def test_query_length_is_bounded():
     [(b'{"q": "dune"}', ("dune", 5)), (b'{"q": "  dune ", "k": 7}', ("dune", 7)), ('{"q": "\u00e9t\u00e9"}'.encode(), ("été", 5))],
 )
 def test_body_accepted(body, expected):
-    assert parse_body(body) == expected
+    assert parse_body(body)[:2] == expected
 
 
 @pytest.mark.parametrize(
@@ -143,6 +145,7 @@ class _FakeReplica:
         self._api_key = api_key
         self.pipeline = types.SimpleNamespace(stats=_Remote(lambda: dict(stats)))
         self.page = page_html()
+        self.payload_fields = {"public.books": ["year", "author"], "public.films": ["title"]}
 
 
 @pytest.fixture()
@@ -272,7 +275,7 @@ def test_openapi_describes_the_real_routes():
     assert {path: set(methods) for path, methods in doc["paths"].items()} == {
         "/search": {"get", "post"}, "/healthz": {"get"}, "/stats": {"get"}, "/metrics": {"get"}, "/": {"get"}}
     body = doc["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["q"] and set(body["properties"]) == {"q", "k"}
+    assert body["required"] == ["q"] and set(body["properties"]) == {"q", "k", "table", "filter", "score_threshold", "mode"}
     params = {p["name"]: p for p in doc["paths"]["/search"]["get"]["parameters"]}
     assert params["q"]["required"] is True and params["q"]["schema"]["maxLength"] == MAX_QUERY_CHARS
     assert params["k"]["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}
@@ -290,3 +293,84 @@ def test_metrics_route_needs_the_key_and_exposes_the_figures(client):
     shown = c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert shown.status_code == 200 and shown.headers["content-type"].startswith("text/plain")
     assert "embedcluster_dead_letters 2.0" in shown.text and 'embedcluster_state{state="streaming"} 1.0' in shown.text
+
+
+# -- search parameters: table, filter, score_threshold, mode --------------------------------------
+
+FIELDS = {"public.books": ["year", "author", "odd.name"], "public.films": ["title"]}
+
+
+def test_full_body_is_parsed_into_store_filters():
+    from actors.sinks.base import FieldFilter
+
+    body = json.dumps({"q": " dune ", "k": 10, "table": "public.books", "score_threshold": 0.2, "mode": "dense",
+                       "filter": {"year": {"gte": 1950, "lt": 2000}, "author": {"in": ["Herbert", "Le Guin"]},
+                                  "odd.name": True}}).encode()
+    req = parse_body(body, FIELDS)
+    assert req == ("dune", 10, "public.books", (
+        FieldFilter("year", range=(("gte", 1950), ("lt", 2000))),
+        FieldFilter("author", any_of=("Herbert", "Le Guin")),
+        FieldFilter("odd.name", equals=True)), 0.2, "dense")
+    same = parse_query({"q": "dune", "k": "10", "table": "public.books", "score_threshold": "0.2",
+                        "filter": json.dumps({"year": {"gte": 1950, "lt": 2000}, "author": {"in": ["Herbert", "Le Guin"]},
+                                              "odd.name": True})}, FIELDS)
+    assert same == req
+    assert parse_query({"q": "x", "mode": "keyword"}, FIELDS).mode == "keyword"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"filter": {"isbn": 1}}, "filter field 'isbn' is not in the payload"),
+        ({"table": "public.films", "filter": {"year": 1}}, "filter field 'year' is not in the payload (payload fields: title)"),
+        ({"table": "public.nope"}, "table 'public.nope' is not indexed"),
+        ({"filter": [1]}, "filter must be a JSON object"),
+        ({"filter": {"year": {"gte": "1950"}}}, "filter field 'year': gte must be a number"),
+        ({"filter": {"year": {"between": [1, 2]}}}, "filter field 'year': a condition is"),
+        ({"filter": {"year": {}}}, "filter field 'year': a condition is"),
+        ({"filter": {"year": None}}, "filter field 'year': a condition is"),
+        ({"filter": {"year": [1950]}}, "filter field 'year': a condition is"),
+        ({"filter": {"author": {"in": "Herbert"}}}, "'in' takes a list"),
+        ({"filter": {"author": {"in": [{"x": 1}]}}}, "'in' takes a list"),
+        ({"score_threshold": 2}, "score_threshold must be a number from -1 to 1"),
+        ({"score_threshold": "0.5"}, "score_threshold must be a number"),
+        ({"mode": "fuzzy"}, "mode must be one of dense, hybrid, keyword"),
+        ({"mode": "hybrid", "score_threshold": 0.1}, "score_threshold applies to mode 'dense' only"),
+        ({"filters": {}}, "unknown key 'filters'"),
+    ],
+)
+def test_bad_search_options_are_400_lines_naming_the_field(body, needle):
+    with pytest.raises(ValueError) as info:
+        parse_body(json.dumps({"q": "x", **body}).encode(), FIELDS)
+    assert needle in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_bad_get_filter_json_and_unknown_parameters():
+    with pytest.raises(ValueError, match="filter must be JSON"):
+        parse_query({"q": "x", "filter": "{year: 1}"}, FIELDS)
+    with pytest.raises(ValueError, match="unknown parameter 'filters'"):
+        parse_query({"q": "x", "filters": "{}"}, FIELDS)
+    with pytest.raises(ValueError, match="score_threshold must be a number"):
+        parse_query({"q": "x", "score_threshold": "nan"}, FIELDS)
+
+
+def test_filter_errors_over_http_are_json_400s(client):
+    c = client(api_key=None)
+    r = c.post("/search", json={"q": "x", "filter": {"isbn": 1}})
+    assert r.status_code == 400 and "isbn" in r.json()["error"]
+    r = c.get("/search", params={"q": "x", "filter": json.dumps({"year": {"gte": "x"}})})
+    assert r.status_code == 400 and "gte must be a number" in r.json()["error"]
+
+
+def test_interactive_docs_are_served_locally_without_the_key(client):
+    c = client()
+    page = c.get("/docs")
+    assert page.status_code == 200 and "/docs/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+    assert "cdn" not in page.text.lower()
+    js = c.get("/docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("application/javascript") and len(js.content) > 100_000
+    assert c.get("/docs/swagger-ui.css").status_code == 200
+    _assert_401_json(c.get("/docs/other.js"))  # only the two assets are public
+    doc = c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    body = doc["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"q", "k", "table", "filter", "score_threshold", "mode"}

@@ -6,12 +6,13 @@ the documentation section it follows.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Sequence
 
 import numpy as np
 
 from actors.config import identifier_error
-from actors.sinks.base import SinkError
+from actors.sinks.base import FieldFilter, SinkError
 from actors.sinks.mysql.dsn import _DB_NAME
 from actors.sinks.mysql.encoding import parse_vector_text, vector_to_bytes, vector_to_text
 from actors.sinks.mysql.server import Dialect
@@ -27,6 +28,14 @@ VECTOR_COLUMN = "embedding"
 MAX_TEXT_BYTES = (1 << 24) - 1
 
 Statement = tuple[str, tuple[Any, ...]]
+
+#: a FieldFilter range bound as SQL
+_RANGE_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def json_member_path(field: str) -> str:
+    """The JSON path of one member of the payload object, quoted (any name: dots, spaces, quotes)."""
+    return "$." + json.dumps(field, ensure_ascii=False)
 
 
 def quote_ident(name: str) -> str:
@@ -219,21 +228,72 @@ class SqlDialect:
         """Stored fields (no vector) of ``n`` points by id (get_points)."""
         return f"SELECT {self._point_columns(False)} FROM {self.q_table} WHERE `id` IN ({', '.join(['%s'] * n)})"
 
-    def scan_sql(self, filtered: bool) -> str:
-        """One keyset page of (id, vector) for the exact in-process search."""
-        where = "`source_table` = %s AND `id` > %s" if filtered else "`id` > %s"
-        return f"SELECT `id`, {self.vector_select()} FROM {self.q_table} WHERE {where} ORDER BY `id` LIMIT %s"
+    def scan_sql(self, filtered: bool, where: str = "") -> str:
+        """One keyset page of (id, vector) for the exact in-process search; ``where``: more
+        conditions (their parameters go before the table's)."""
+        cond = "`source_table` = %s AND `id` > %s" if filtered else "`id` > %s"
+        if where:
+            cond = f"{where} AND {cond}"
+        return f"SELECT `id`, {self.vector_select()} FROM {self.q_table} WHERE {cond} ORDER BY `id` LIMIT %s"
 
     def _search_select(self) -> str:
         return f"SELECT `id`, `source_table`, `source_key`, `payload`, {self.vector_select()} FROM {self.q_table}"
 
-    def knn_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
-        """Exact KNN in SQL (vector dialects only)."""
+    def knn_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
+        """Exact KNN in SQL (vector dialects only); ``where``: more conditions (:meth:`filter_where`)."""
         raise NotImplementedError(f"the {self.name} dialect searches outside SQL")
 
-    def ann_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def ann_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         """ANN search through the vector index (vector dialects only)."""
         raise NotImplementedError(f"the {self.name} dialect has no vector index")
+
+    def filter_where(self, filters: Sequence[FieldFilter]) -> Statement | None:
+        """The SQL conditions (ANDed, no ``WHERE``) and their parameters for payload filters; None for none.
+
+        Each field is read from the ``payload`` JSON column by a quoted member
+        path (``$."year"``), passed as a parameter like every value, so no name
+        or value ever becomes SQL text.  Equality is ``JSON_CONTAINS`` (type
+        and value, as in Qdrant: on a JSON array, any element); a range holds
+        only for JSON numbers.
+        """
+        if not filters:
+            return None
+        parts: list[str] = []
+        params: list[Any] = []
+        for f in filters:
+            path = json_member_path(f.field)
+            if f.range is not None:
+                value = "JSON_EXTRACT(`payload`, %s)"
+                cond = [f"JSON_TYPE({value}) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')"]
+                params.append(path)
+                for op, bound in f.range:
+                    cond.append(f"CAST(JSON_UNQUOTE({value}) AS DOUBLE) {_RANGE_SQL[op]} %s")
+                    params += [path, float(bound)]
+                parts.append("(" + " AND ".join(cond) + ")")
+                continue
+            values = [f.equals] if f.any_of is None else list(f.any_of)
+            if not values:
+                parts.append("FALSE")  # "in" an empty list matches nothing
+                continue
+            parts.append("(" + " OR ".join(["JSON_CONTAINS(`payload`, %s, %s)"] * len(values)) + ")")
+            for v in values:
+                params += [json.dumps(v), path]
+        return " AND ".join(parts), tuple(params)
+
+    @staticmethod
+    def _conditions(source_table: str | None, where: Statement | None) -> Statement:
+        """``source_table = %s`` and ``where`` ANDed: ("", ()) for neither."""
+        parts: list[str] = []
+        params: list[Any] = []
+        if source_table is not None:
+            parts.append("`source_table` = %s")
+            params.append(source_table)
+        if where is not None:
+            parts.append(where[0])
+            params += list(where[1])
+        return " AND ".join(parts), tuple(params)
 
     # ---- state
     def state_get_sql(self) -> str:
@@ -307,14 +367,17 @@ class MariaDBSQL(SqlDialect):
         # The index is used for ORDER BY VEC_DISTANCE_COSINE(col, const) LIMIT k.
         return f"ORDER BY VEC_DISTANCE_COSINE({self.q_vec}, VEC_FromText(%s)) LIMIT %s"
 
-    def ann_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
-        if source_table is None:
+    def ann_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
+        cond, params = self._conditions(source_table, where)
+        if not cond:
             return (f"{self._search_select()} {self._order()}", (vector_text, k))
-        return (f"{self._search_select()} WHERE `source_table` = %s {self._order()}", (source_table, vector_text, k))
+        return (f"{self._search_select()} WHERE {cond} {self._order()}", (*params, vector_text, k))
 
-    def knn_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def knn_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         # Without a vector index the same statement is an exact scan.
-        return self.ann_query(vector_text, k, source_table)
+        return self.ann_query(vector_text, k, source_table, where)
 
     def index_lookup_sql(self) -> list[Statement]:
         return [
@@ -372,23 +435,24 @@ class CloudSQLSQL(SqlDialect):
     def vector_select(self) -> str:
         return f"vector_to_string({self.q_vec})"
 
-    def knn_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def knn_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         # "Cloud SQL functions", KNN functions: ORDER BY cosine_distance(string_to_vector(..), col) LIMIT n.
         order = f"ORDER BY cosine_distance(string_to_vector(%s), {self.q_vec}) LIMIT %s"
-        if source_table is None:
+        cond, params = self._conditions(source_table, where)
+        if not cond:
             return (f"{self._search_select()} {order}", (vector_text, k))
-        return (f"{self._search_select()} WHERE `source_table` = %s {order}", (source_table, vector_text, k))
+        return (f"{self._search_select()} WHERE {cond} {order}", (*params, vector_text, k))
 
-    def ann_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def ann_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         # "Search and filter with vector embeddings": ORDER BY approx_distance(col,
         # string_to_vector(..), 'distance_measure=cosine') LIMIT n (LIMIT is required).
         order = f"ORDER BY approx_distance({self.q_vec}, string_to_vector(%s), %s) LIMIT %s"
-        if source_table is None:
+        cond, params = self._conditions(source_table, where)
+        if not cond:
             return (f"{self._search_select()} {order}", (vector_text, self.ANN_OPTIONS, k))
-        return (
-            f"{self._search_select()} WHERE `source_table` = %s {order}",
-            (source_table, vector_text, self.ANN_OPTIONS, k),
-        )
+        return (f"{self._search_select()} WHERE {cond} {order}", (*params, vector_text, self.ANN_OPTIONS, k))
 
     def index_lookup_sql(self) -> list[Statement]:
         # information_schema.innodb_vector_indexes lists indexes opened in memory
@@ -450,21 +514,25 @@ class CloudSQLPreviewSQL(CloudSQLSQL):
     def index_options(self, index_type: str) -> str:
         return f"index_type={index_type},distance_measure=cosine"
 
-    def knn_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def knn_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         # Preview KNN: ORDER BY cosine_distance(col, string_to_vector(..)) LIMIT n.
         order = f"ORDER BY cosine_distance({self.q_vec}, string_to_vector(%s)) LIMIT %s"
-        if source_table is None:
+        cond, params = self._conditions(source_table, where)
+        if not cond:
             return (f"{self._search_select()} {order}", (vector_text, k))
-        return (f"{self._search_select()} WHERE `source_table` = %s {order}", (source_table, vector_text, k))
+        return (f"{self._search_select()} WHERE {cond} {order}", (*params, vector_text, k))
 
-    def ann_query(self, vector_text: str, k: int, source_table: str | None = None) -> Statement:
+    def ann_query(self, vector_text: str, k: int, source_table: str | None = None,
+                  where: Statement | None = None) -> Statement:
         # Preview ANN: WHERE NEAREST(col) TO (string_to_vector(..), 'num_neighbors=K'),
         # other predicates ANDed after it; the sink ranks the candidates itself.
         nearest = f"WHERE NEAREST({self.q_vec}) TO (string_to_vector(%s), %s)"
         options = f"num_neighbors={int(k)}"
-        if source_table is None:
+        cond, params = self._conditions(source_table, where)
+        if not cond:
             return (f"{self._search_select()} {nearest}", (vector_text, options))
-        return (f"{self._search_select()} {nearest} AND `source_table` = %s", (vector_text, options, source_table))
+        return (f"{self._search_select()} {nearest} AND {cond}", (vector_text, options, *params))
 
     def index_lookup_sql(self) -> list[Statement]:
         # The preview procedures record their indexes in mysql.vector_indexes.

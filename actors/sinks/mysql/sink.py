@@ -17,6 +17,8 @@ import numpy as np
 import pymysql
 
 from actors.sinks.base import (
+    FieldFilter,
+    UnsupportedSearch,
     MissingPointError,
     PointError,
     PointTooLarge,
@@ -29,7 +31,7 @@ from actors.sinks.base import (
 )
 from actors.sinks.mysql.config import MySQLSinkConfig
 from actors.sinks.mysql.connection import ConnectionMixin, _error_code, _error_text
-from actors.sinks.mysql.dialects import MAX_TEXT_BYTES, make_dialect, quote_ident
+from actors.sinks.mysql.dialects import MAX_TEXT_BYTES, Statement, make_dialect, quote_ident
 from actors.sinks.mysql.dsn import parse_dsn
 from actors.sinks.mysql.encoding import content_hash, dump_json, vector_to_text
 from actors.sinks.mysql.index import IndexMixin
@@ -397,12 +399,14 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
             vector=self.sql.decode_vector(r[7]) if with_vectors else None,
         )
 
-    def _pages(self, sql: str, table: str | None, what: str, deadline_s: float | None = None) -> Iterator[list[tuple[Any, ...]]]:
-        """Keyset pages of ``sql`` (``[source_table = %s AND] id > %s ORDER BY id LIMIT %s``),
-        ``scan_chunk_rows`` at a time: memory stays bounded for any table size."""
+    def _pages(self, sql: str, table: str | None, what: str, deadline_s: float | None = None,
+               leading: tuple[Any, ...] = ()) -> Iterator[list[tuple[Any, ...]]]:
+        """Keyset pages of ``sql`` (``[conditions AND] [source_table = %s AND] id > %s ORDER BY id
+        LIMIT %s``; ``leading``: the conditions' parameters), ``scan_chunk_rows`` at a time: memory
+        stays bounded for any table size."""
         after = ""
         while True:
-            rows = self._keyset_page(sql, table, after, self._scan_chunk_rows, what, deadline_s)
+            rows = self._keyset_page(sql, table, after, self._scan_chunk_rows, what, deadline_s, leading)
             if rows:
                 yield rows
             if len(rows) < self._scan_chunk_rows:
@@ -410,9 +414,9 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
             after = str(rows[-1][0])
 
     def _keyset_page(self, sql: str, table: str | None, after: str, limit: int, what: str,
-                     deadline_s: float | None = None) -> list[tuple[Any, ...]]:
+                     deadline_s: float | None = None, leading: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """The rows of one page of a keyset ``sql`` (see :meth:`_pages`): ids after ``after``."""
-        params = (table, after, limit) if table is not None else (after, limit)
+        params = (*leading, table, after, limit) if table is not None else (*leading, after, limit)
 
         def page(cur: Any) -> list[tuple[Any, ...]]:
             cur.execute(sql, params)
@@ -420,40 +424,59 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
 
         return self._run(what, page, deadline_s=deadline_s)
 
-    def search(self, vector: np.ndarray, k: int, table: str | None = None) -> list[SearchHit]:
+    def search(self, vector: np.ndarray | None, k: int, *, table: str | None = None,
+               filters: Sequence[FieldFilter] = (), score_threshold: float | None = None,
+               text: str = "", mode: str = "dense") -> list[SearchHit]:
         """The ``k`` nearest points by cosine similarity, best first.
 
-        ``table`` restricts the search to one source table (the filtered variant).
+        ``table`` and ``filters`` are SQL conditions (:meth:`SqlDialect.filter_where`).
         ANN through the vector index when one exists, exact KNN otherwise; the
         score is always the exact cosine similarity, recomputed here from the
-        returned vectors (ANN distances may be quantised).
+        returned vectors (ANN distances may be quantised).  Only ``mode="dense"``:
+        this sink has no BM25 index.
         """
+        if mode != "dense":
+            raise UnsupportedSearch(
+                f"the MySQL sink searches by vector only: mode {mode!r} needs BM25, which the Qdrant sinks have; "
+                "use mode 'dense'"
+            )
         if not self._table_ready():
             return []  # e.g. a search replica started before the writer created the table
         dimension = self._require_dimension()
         q = self._check_vector(vector, dimension, "query vector")
         if k <= 0:
             return []
+        where = self.sql.filter_where(filters)
         if not self.sql.has_ann:
-            return self._scan_search(q, int(k), table)
+            hits = self._scan_search(q, int(k), table, where)
+        else:
+            hits = self._sql_search(q, int(k), table, where)
+        if score_threshold is not None:
+            # hits are the top k by exact score: those under the threshold have nothing better behind them
+            hits = [h for h in hits if h.score >= score_threshold]
+        return hits
+
+    def _sql_search(self, q: np.ndarray, k: int, table: str | None, where: Statement | None) -> list[SearchHit]:
         text = vector_to_text(q)
         use_ann = self._has_index_cached()
+        filtered = table is not None or where is not None
         rows: list[tuple[Any, ...]] | None = None
         if use_ann:
-            # A filter applied after the ANN step can leave fewer than k rows;
-            # ask the index for more candidates in that case.
-            fetch = int(k) if table is None else min(max(int(k) * 10, 100), 10_000)
-            sql, params = self.sql.ann_query(text, fetch, table)
+            # An ANN index may apply a condition after its own top-k step, leaving fewer than
+            # k rows: ask it for more candidates, and when it still comes up short, run the
+            # exact query (which the conditions narrow), so a filter returns every match up to k.
+            fetch = int(k) if not filtered else min(max(int(k) * 10, 100), 10_000)
+            sql, params = self.sql.ann_query(text, fetch, table, where)
             try:
                 rows = self._fetch_all("searching (ANN)", sql, params)
             except SinkError as exc:
                 log.warning("MySQL sink: ANN search failed, falling back to exact KNN: %s", exc)
                 self._index_exists = None
                 rows = None
-            if rows is not None and table is not None and len(rows) < k:
+            if rows is not None and filtered and len(rows) < k:
                 rows = None  # post-filtered ANN came up short: the exact answer is cheap enough
         if rows is None:
-            sql, params = self.sql.knn_query(text, int(k), table)
+            sql, params = self.sql.knn_query(text, int(k), table, where)
             rows = self._fetch_all("searching (exact KNN)", sql, params)
         scored = []
         for r in rows:
@@ -464,14 +487,16 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
             for s, r in scored[: int(k)]
         ]
 
-    def _scan_search(self, q: np.ndarray, k: int, table: str | None) -> list[SearchHit]:
-        """Exact cosine search by streaming (id, vector) pages through numpy."""
+    def _scan_search(self, q: np.ndarray, k: int, table: str | None, where: Statement | None = None) -> list[SearchHit]:
+        """Exact cosine search by streaming (id, vector) pages through numpy (rows matching
+        ``table`` and ``where`` only: the server applies both)."""
         dimension = q.shape[0]
         qn = float(np.linalg.norm(q))
         best_ids: list[str] = []
         best_vecs = np.zeros((0, dimension), dtype=np.float32)
         best_scores = np.zeros(0, dtype=np.float32)
-        pages = self._pages(self.sql.scan_sql(table is not None), table, "searching (exact scan)", self._search_deadline_s)
+        pages = self._pages(self.sql.scan_sql(table is not None, where[0] if where else ""), table,
+                            "searching (exact scan)", self._search_deadline_s, where[1] if where else ())
         for rows in pages:
             blob = b"".join(bytes(r[1]) for r in rows)
             if len(blob) != len(rows) * 4 * dimension:

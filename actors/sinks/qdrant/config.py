@@ -1,4 +1,4 @@
-"""``[sink]`` with ``kind = "qdrant"``: a Qdrant server (``url``) or the embedded store (``path``)."""
+"""``[sink]`` with ``kind = "qdrant"``: a Qdrant server (``url``) or the embedded Qdrant Edge store (``path``)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ class QdrantSinkConfig(Section):
 
     kind: Literal["qdrant"] = "qdrant"
     collection: str = "embedcluster"
-    #: a Qdrant server or cloud URL; empty = the embedded store at ``path``
+    #: a Qdrant server or cloud URL; empty = the embedded Qdrant Edge store at ``path``
     url: str = ""
-    #: the embedded store's directory; ":memory:" = in-process, NOT durable (benchmarks only)
+    #: the embedded store's directory (Qdrant Edge, under ``edge/<collection>/``; one process owns it);
+    #: ":memory:" = a temporary Edge store without WAL, NOT durable (benchmarks only)
     path: str = ".embedcluster/qdrant"
     #: env EMBEDCLUSTER_QDRANT_API_KEY (set by cluster/config.py)
     api_key: SecretStr | None = None
     #: the largest request body the sink sends, in bytes; a call is split into as many
     #: requests as it takes.  A Qdrant server refuses bodies over its
     #: ``service.max_request_size_mb`` (32 MiB by default): the default stays 1 MiB below.
-    #: Embedded, it bounds the memory one request takes.  A single point over it is
+    #: Embedded, it bounds one call into Edge (the memory one request takes).  A single point over it is
     #: refused (PointTooLarge): raise both this and the server's limit for larger texts.
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=16 << 10)
 

@@ -1,32 +1,37 @@
-"""Qdrant sink: a server (``sink.url``) or the embedded local mode (``sink.path``).
+"""Qdrant sink over qdrant-client: a server or cloud (``sink.url``), or qdrant-client's local mode.
 
-Embedded mode keeps everything in one process (a ``path=`` store may be
-opened by one process only), so the writer actor owns it and also answers
-searches; ``shared`` is False then.  Local mode has committed every point of
-a call to its SQLite file before ``upsert`` (``delete``, ...) returns, which is
-the durability the pipeline needs before it acknowledges the slot.  Against a
-server every write uses ``wait=True`` for the same reason.
+``open_sink`` builds this sink for a ``sink.url``; an empty ``url`` gets the
+embedded Qdrant Edge store (:mod:`actors.sinks.qdrant.edge`).  qdrant-client's
+local modes stay available to whoever builds :class:`QdrantSink` directly:
+``path=":memory:"`` is the in-process stand-in for a server in tests (there
+is no server binary here), a ``path`` directory the old embedded store.
+
+Against a server every write uses ``wait=True``: applied before the call
+returns.  In local mode (a ``path``) every point of a call is committed to
+its SQLite file before ``upsert`` (``delete``, ...) returns, and the sink is
+not shared (one process).
 
 Request sizes: every request goes through :meth:`QdrantSink._request`, and a
 call is split so that no request body exceeds ``sink.max_request_bytes`` (a
-server refuses bodies over its ``service.max_request_size_mb``; embedded, the
+server refuses bodies over its ``service.max_request_size_mb``; locally, the
 limit bounds the memory of one request).  Sizes are upper bounds of the REST
-JSON body computed per point before anything is sent: the payload's exact
-JSON length plus :data:`_FLOAT_BYTES` per vector component.  In embedded mode
-the requests of one call still form one SQLite transaction; against a server
-they are separate requests (writes are idempotent, and nothing is
-acknowledged before the call returns).
+JSON body computed per point before anything is sent
+(:func:`actors.sinks.qdrant.layout.point_bytes`).  In local mode the requests
+of one call still form one SQLite transaction; against a server they are
+separate requests (writes are idempotent, and nothing is acknowledged before
+the call returns).
 
-Each point's payload holds ``table``, ``key``, ``text``, ``text_hash``,
-``payload`` (the row's columns) and ``generation``; bulk deletes
+The payload layout, the filter paths and the filter semantics are
+:mod:`actors.sinks.qdrant.layout`'s, shared with the Edge store.  Bulk deletes
 (``delete_table``, ``delete_table_except_generation``) are filter deletes on
-``table`` and ``generation``, run by the store itself.
+``table`` and ``generation``, run by the store itself (a server indexes both).
+Search is dense only here: ``mode="hybrid"``/``"keyword"`` raise
+:class:`UnsupportedSearch` (the collection has no BM25 vector).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
@@ -39,15 +44,18 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 
 from actors.sinks.base import (
+    FieldFilter,
     MissingPointError,
     PointTooLarge,
     SearchHit,
     SinkError,
     StoredPoint,
+    UnsupportedSearch,
     VectorPoint,
     VectorSink,
     check_generation,
 )
+from actors.sinks.qdrant import layout
 from actors.sinks.qdrant.config import QdrantSinkConfig
 
 log = logging.getLogger(__name__)
@@ -55,15 +63,10 @@ log = logging.getLogger(__name__)
 _STATE_NAMESPACE = uuid.UUID("0b7c6c5e-2a0e-4f38-9d8b-5d7c2f0e9a41")
 _SCROLL_PAGE = 512
 
-# Upper bounds of a REST request body, in bytes (see the module docstring).
-#: one vector component as JSON: at most 24 characters ("-2.2250738585072014e-308") and a comma
-_FLOAT_BYTES = 25
-#: one point id in a list: the id's characters, two quotes and a comma
-_ID_QUOTES = 3
-#: a point's or payload operation's own JSON around its id, vector and payload
-_POINT_OVERHEAD = 96
-#: the request's JSON around its list of points or ids
-_REQUEST_OVERHEAD = 512
+# Upper bounds of a REST request body, in bytes (see actors/sinks/qdrant/layout.py)
+_FLOAT_BYTES = layout.FLOAT_BYTES
+_POINT_OVERHEAD = layout.POINT_OVERHEAD
+_REQUEST_OVERHEAD = layout.REQUEST_OVERHEAD
 #: ids per read (retrieve) request, whatever the byte limit allows: bounds the answer too
 _READ_IDS = 4096
 
@@ -148,6 +151,23 @@ class QdrantSink(VectorSink):
                 )
             self.dimension = dimension
             self._tune_local_storage()
+            # the store's own filter deletes (delete_table, delete_table_except_generation) use them
+            self._index({"table": models.PayloadSchemaType.KEYWORD, "generation": models.PayloadSchemaType.INTEGER})
+
+    def ensure_payload_indexes(self, fields: dict[str, str]) -> None:
+        """Payload indexes on ``payload."<field>"`` (a server; local mode filters without indexes)."""
+        layout.check_index_kinds(fields)
+        with self._lock:
+            self._index({layout.field_path(f): _INDEX_SCHEMAS[kind] for f, kind in fields.items()})
+
+    def _index(self, wanted: dict[str, Any]) -> None:
+        if self._local is not None:
+            return  # qdrant-client's local mode has no payload indexes (it scans)
+        info = self.client.get_collection(self.collection)
+        have = {key: getattr(schema, "data_type", None) for key, schema in (info.payload_schema or {}).items()}
+        for key, schema in wanted.items():
+            if have.get(key) != schema:
+                self.client.create_payload_index(self.collection, field_name=key, field_schema=schema, wait=True)
 
     def _tune_local_storage(self) -> None:
         """Embedded mode: WAL journaling, and one SQLite transaction per sink call.
@@ -236,7 +256,7 @@ class QdrantSink(VectorSink):
             yield chunk
 
     def _id_chunks(self, ids: Sequence[str], max_items: int = 0) -> Iterator[list[str]]:
-        return self._chunks(ids, [len(i) + _ID_QUOTES for i in ids], max_items)
+        return self._chunks(ids, [layout.id_bytes(i) for i in ids], max_items)
 
     def _payload_sizes(self, points: Sequence[VectorPoint], payloads: Sequence[dict[str, Any]],
                        with_vectors: bool) -> list[int]:
@@ -245,9 +265,8 @@ class QdrantSink(VectorSink):
         budget = self._point_budget()
         sizes = []
         for p, payload in zip(points, payloads):
-            size = _POINT_OVERHEAD + len(p.id) + _json_bytes(payload)
-            if with_vectors:
-                size += _FLOAT_BYTES * (len(p.vector) if p.vector is not None else 0)
+            dimension = len(p.vector) if with_vectors and p.vector is not None else 0
+            size = layout.point_bytes(p.id, payload, dimension)
             if size > budget:
                 raise self._too_large(p, size)
             sizes.append(size)
@@ -260,7 +279,7 @@ class QdrantSink(VectorSink):
         """
         if not points:
             return
-        payloads = [_stored_payload(p) for p in points]
+        payloads = [layout.stored_payload(p) for p in points]
         sizes = self._payload_sizes(points, payloads, with_vectors=True)
         # model_construct: the fields are ours and already typed; pydantic's
         # validation of 384 floats per point cost ~20 us of writer CPU, which on
@@ -313,7 +332,7 @@ class QdrantSink(VectorSink):
         """
         if not points:
             return
-        payloads = [_stored_payload(p) for p in points]
+        payloads = [layout.stored_payload(p) for p in points]
         sizes = self._payload_sizes(points, payloads, with_vectors=False)
         ops = [
             models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, points=[p.id]))
@@ -337,25 +356,32 @@ class QdrantSink(VectorSink):
 
     # -- reads ----------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+    def search(self, vector: np.ndarray | None, k: int, *, table: str | None = None,
+               filters: Sequence[FieldFilter] = (), score_threshold: float | None = None,
+               text: str = "", mode: str = "dense") -> list[SearchHit]:
+        """Dense search; ``table``, ``filters`` and ``score_threshold`` go into the query (the store applies them)."""
+        layout.check_search(vector, k, text, mode, score_threshold)
+        if mode != "dense":
+            raise UnsupportedSearch(
+                f"search mode {mode!r} needs BM25 over the stored text, which the Qdrant server sink (sink.url) "
+                "does not keep: use mode 'dense', or the embedded store (an empty sink.url)"
+            )
+        conditions = layout.conditions(filters, table, _ClientConditions())
         with self._lock:
+            if k == 0 or not self._readable(self.collection):
+                return []
             result = self.client.query_points(
                 self.collection,
                 query=np.asarray(vector, dtype=np.float32).tolist(),
+                query_filter=models.Filter(must=conditions) if conditions else None,
+                score_threshold=score_threshold,
                 limit=k,
-                with_payload=True,
+                with_payload=layout.HIT_FIELDS,
             )
         hits = []
         for point in result.points:
-            stored = point.payload or {}
-            hits.append(
-                SearchHit(
-                    table=stored.get("table", ""),
-                    key=list(stored.get("key", [])),
-                    score=float(point.score),
-                    payload=dict(stored.get("payload") or {}),
-                )
-            )
+            hit_table, key, payload = layout.hit_fields(point.payload)
+            hits.append(SearchHit(table=hit_table, key=key, score=float(point.score), payload=payload))
         return hits
 
     def count(self) -> int:
@@ -416,7 +442,7 @@ class QdrantSink(VectorSink):
             records = self.client.retrieve(self.state_collection, ids=[self._state_id(name)], with_payload=True)
         if not records:
             return None
-        return dict((records[0].payload or {}).get("value") or {})
+        return layout.state_value(records[0].payload)
 
     def set_state(self, name: str, value: dict[str, Any] | None) -> None:
         with self._write():
@@ -429,7 +455,7 @@ class QdrantSink(VectorSink):
                 return
             self.client.upsert(
                 self.state_collection,
-                points=[models.PointStruct(id=self._state_id(name), vector=[1.0], payload={"name": name, "value": value})],
+                points=[models.PointStruct(id=self._state_id(name), vector=[1.0], payload=layout.state_payload(name, value))],
                 wait=True,
             )
 
@@ -447,7 +473,7 @@ class QdrantSink(VectorSink):
             for rec in records:
                 name = (rec.payload or {}).get("name", "")
                 if name.startswith(prefix):
-                    found[name] = dict((rec.payload or {}).get("value") or {})
+                    found[name] = layout.state_value(rec.payload)
             if offset is None:
                 return found
 
@@ -460,36 +486,37 @@ class QdrantSink(VectorSink):
 
 
 def _stored_point(rec: Any, with_vectors: bool) -> StoredPoint:
-    """A retrieved or scrolled record as a :class:`StoredPoint` (the inverse of :func:`_stored_payload`)."""
-    stored = rec.payload or {}
+    """A retrieved or scrolled record as a :class:`StoredPoint` (the inverse of ``layout.stored_payload``)."""
     vector = None
     if with_vectors and rec.vector is not None:
         vector = np.asarray(rec.vector, dtype=np.float32)
-    return StoredPoint(
-        id=str(rec.id),
-        table=stored.get("table", ""),
-        key=list(stored.get("key", [])),
-        text=stored.get("text", ""),
-        text_hash=stored.get("text_hash", ""),
-        payload=dict(stored.get("payload") or {}),
-        vector=vector,
-        generation=int(stored.get("generation") or 0),
-    )
+    return layout.stored_point(str(rec.id), rec.payload, vector)
 
 
-def _stored_payload(p: VectorPoint) -> dict[str, Any]:
-    return {"table": p.table, "key": list(p.key), "text": p.text, "text_hash": p.text_hash, "payload": p.payload,
-            "generation": int(p.generation)}
+_INDEX_SCHEMAS = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
+
+
+class _ClientConditions(layout.ConditionFactory):
+    def match(self, key: str, value: Any) -> Any:
+        return _match(key, value)
+
+    def match_any(self, key: str, values: list[Any]) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+    def range(self, key: str, bounds: dict[str, float]) -> Any:
+        return models.FieldCondition(key=key, range=models.Range(**bounds))
+
+    def either(self, conditions: list[Any]) -> Any:
+        return models.Filter(should=conditions)
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _json_bytes(value: Any) -> int:
-    """Length in bytes of ``value`` as compact JSON, as a request body carries it (UTF-8, not escaped)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class _CallTransaction:
