@@ -311,6 +311,64 @@ class _EdgeRun:
         return out
 
 
+def _edge_cost_breakdown(root: Path, dim: int, rows: int = 8192, batch: int = 256, reps: int = 3) -> dict[str, Any]:
+    """Microseconds per point of each step of ``EdgeSink.upsert`` (median of ``reps``), on the same points.
+
+    ``layout``: the stored payload and its size bound (this sink's Python); ``bm25``: the sparse vector
+    of the text; ``point``: building ``qdrant_edge.Point`` (the binding converts the vector and the
+    payload); ``update``: ``EdgeShard.update`` with the sink's shard (dense + BM25, table and
+    generation indexes); ``update_minimal``: the same vectors with a one-field payload, no sparse
+    vector and no payload index (the bare store).
+    """
+    import uuid
+
+    import qdrant_edge as qe
+
+    from actors.sinks.qdrant import EdgeSink, QdrantSinkConfig, layout
+
+    rng = np.random.default_rng(99)
+    steps: dict[str, list[float]] = {k: [] for k in ("layout", "bm25", "point", "update", "point_minimal",
+                                                      "update_minimal")}
+    for rep in range(reps):
+        sink = EdgeSink(QdrantSinkConfig(path=str(root / f"breakdown{rep}"), collection="bench"))
+        sink.ensure_ready(dim)
+        bare = qe.EdgeShard.create(str(root / f"bare{rep}"), qe.EdgeConfig(
+            vectors={"": qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)}))
+        pts = make_points(rep * rows, rows, dim, rng)
+        vectors = np.stack([p.vector for p in pts]).tolist()
+        t = time.perf_counter()
+        payloads = [layout.stored_payload(p) for p in pts]
+        for p, payload in zip(pts, payloads):
+            layout.point_bytes(p.id, payload, dim, 10)
+        steps["layout"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sparse = [sink._bm25.embed_document(p.text) for p in pts]
+        steps["bm25"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        built = [qe.Point(p.id, {"": v, "bm25": sv}, payload) for p, v, sv, payload in zip(pts, vectors, sparse, payloads)]
+        steps["point"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        minimal = [qe.Point(str(uuid.UUID(p.id)), v, {"id": i}) for i, (p, v) in enumerate(zip(pts, vectors))]
+        steps["point_minimal"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(0, rows, batch):
+            sink.points.shard.update(qe.UpdateOperation.upsert_points(built[i : i + batch]))
+        steps["update"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(0, rows, batch):
+            bare.update(qe.UpdateOperation.upsert_points(minimal[i : i + batch]))
+        steps["update_minimal"].append(time.perf_counter() - t)
+        sink.close()
+        bare.close()
+    us = {k: round(1e6 * statistics.median(v) / rows, 1) for k, v in steps.items()}
+    return {
+        "rows": rows, "batch_size": batch, "repetitions": reps, "us_per_point": us,
+        "sink_path_us_per_point": round(us["layout"] + us["bm25"] + us["point"] + us["update"], 1),
+        "bare_store_rows_per_s": round(1e6 / (us["point_minimal"] + us["update_minimal"]), 1),
+        "note": "no sync in any step; the sink path adds its per-call sync (see sync_cost)",
+    }
+
+
 def _mixture_centers(n: int, dim: int, seed: int) -> np.ndarray:
     centers = np.random.default_rng(seed).normal(size=(max(1, n // 100), dim)).astype(np.float32)
     return centers / np.linalg.norm(centers, axis=1, keepdims=True)
@@ -472,7 +530,7 @@ def run_edge(args: argparse.Namespace) -> int:
     info = {**host_info(), "qdrant_edge_py": _edge_version(),
             "store_filesystem_note": "temporary directory on the local disk (the same disk as sink.path by default)"}
     print(f"Qdrant Edge {info['qdrant_edge_py']} on {info['cpu_model']} ({info['cores']} usable cores); "
-          f"{args.trials} trials x {args.rows_per_trial} rows, dim {args.dim}")
+          f"{args.trials} trials x {args.rows_per_trial} rows, dim {args.dim}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench-edge-", dir=os.environ.get("BENCH_EDGE_DIR")))
     meter = CpuMeter()
     result: dict[str, Any] = {}
@@ -509,6 +567,8 @@ def run_edge(args: argparse.Namespace) -> int:
             "upsert": upserts,
             "sync_cost": sync_cost,
         }
+        result["cost_breakdown"] = _edge_cost_breakdown(root, args.dim)
+        print(f"cost per point (us): {result['cost_breakdown']['us_per_point']}", flush=True)
         efs: tuple[int | None, ...] = (None, 64, 128, 256)
         if args.random_probe:
             print(f"random probe: {args.random_probe:,} i.i.d. random unit vectors")

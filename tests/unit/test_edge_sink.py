@@ -245,6 +245,19 @@ def test_a_write_call_returns_with_its_wal_written_back(sink: EdgeSink) -> None:
     assert all(kib == 0 for kib in _dirty_kib(sink.state.path / "wal").values())
 
 
+def test_a_segment_edge_is_still_preparing_does_not_break_the_sync(sink: EdgeSink) -> None:
+    """Edge's WAL creates its next segments as ``tmp-*`` files in a thread and renames them: the sync
+    skips them (one vanished between listing and fsync once, in the benchmark)."""
+    sink.upsert([_point(1)])
+    stray = sink.points.path / "wal" / "tmp-open-999"
+    stray.symlink_to(sink.points.path / "gone")  # listed, but opening it fails as for a renamed file
+    try:
+        sink.upsert([_point(2)])
+    finally:
+        stray.unlink()
+    assert sink.count() == 2
+
+
 def test_a_checkpoint_flushes_the_shard_and_lets_the_wal_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = EdgeSink(_config(tmp_path / "q"))
     s.ensure_ready(DIM)

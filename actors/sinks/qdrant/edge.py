@@ -179,13 +179,22 @@ class _Shard:
 
     def _fsync_wal(self) -> None:
         wal = self.path / "wal"
-        entries = sorted(os.listdir(wal))
-        for name in entries:
-            fd = os.open(wal / name, os.O_RDONLY)
+        for _ in range(10):
+            # tmp-* files are segments Edge's creator thread is still preparing (renamed to open-N
+            # when ready, empty): not part of the log yet, and they vanish under our feet
+            entries = sorted(name for name in os.listdir(wal) if not name.startswith("tmp-"))
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                for name in entries:
+                    fd = os.open(wal / name, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except FileNotFoundError:
+                continue  # a segment was renamed meanwhile: list again and sync every file anew
+            break
+        else:
+            raise OSError(errno.EAGAIN, f"the files of {wal} kept changing while being synced")
         if entries != self._wal_entries:
             # a segment was created, renamed (open-N -> closed-M) or removed: make the names durable too
             fd = os.open(wal, os.O_RDONLY | os.O_DIRECTORY)
