@@ -84,6 +84,9 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 #: keys whose last emitted text hash is remembered (lets payload-only updates skip the model);
 #: about 300 bytes each
 TEXT_HASH_CACHE_ENTRIES = 500_000
+#: a backfill's total (progress) is counted in the snapshot below this many rows by the
+#: statistics; above, the statistics' estimate is the total (a count would read it all once more)
+EXACT_COUNT_BELOW = 1_000_000
 #: rendered texts at least this long (their columns are likely stored out of line, TOASTed)
 #: are remembered with their payload (its repr at most PAYLOAD_MEMO_MAX characters), so an
 #: update that changes neither needs no fetch and no change at all
@@ -280,6 +283,7 @@ class PgChangeSource:
         self._snapshot_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         self._snapshot_conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         self._safe_lsn = consistent or 0
+        info["backfill_total"] = self._backfill_total()
         self._backfill = self._backfill_chunks()
         info["consistent_lsn"] = format_lsn(consistent)
         log.info("slot %s created at %s; backfilling %s", self.slot, format_lsn(consistent), ", ".join(self.specs))
@@ -459,6 +463,32 @@ class PgChangeSource:
         return True
 
     # -- backfill -----------------------------------------------------------------
+
+    def _backfill_total(self) -> dict[str, Any]:
+        """Rows the snapshot holds, for progress: ``{"rows": N, "estimate": bool}``.
+
+        Counted exactly in the snapshot itself when the planner's statistics (``reltuples``
+        of every leaf partition) say the tables are small; above :data:`EXACT_COUNT_BELOW`
+        rows a count would scan them once more before the backfill reads them, so the
+        statistics are the total (an estimate, as ``status`` says).
+        """
+        assert self._snapshot_conn is not None
+        estimate = 0.0
+        for spec in self.specs.values():
+            # reltuples is -1 for a table never vacuumed or analysed: counted as 0, so it is counted exactly
+            row = self._snapshot_conn.execute(
+                "SELECT sum(greatest(c.reltuples, 0)) FROM pg_partition_tree(%s::regclass) p "
+                "JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf",
+                (spec.quoted_table,),
+            ).fetchone()
+            estimate += float(row[0] or 0) if row else 0.0
+        if estimate >= EXACT_COUNT_BELOW:
+            return {"rows": int(estimate), "estimate": True}
+        total = sum(
+            self._snapshot_conn.execute(f"SELECT count(*) FROM {spec.quoted_table}").fetchone()[0]
+            for spec in self.specs.values()
+        )
+        return {"rows": total, "estimate": False}
 
     def _backfill_chunks(self) -> Iterator[list[Change]]:
         assert self._snapshot_conn is not None

@@ -55,6 +55,9 @@ def main(ctx: click.Context, log_level: str) -> None:
 def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
     """``run`` and ``demo``: the lifecycle is :func:`cluster.runtime.run`; this prints and exits."""
     from cluster import runtime
+    from cluster.progress import BackfillProgress
+
+    progress = BackfillProgress()
 
     def ready(url: str) -> None:
         click.echo(f"search app: {url}/   (API: {url}/search?q=battle+in+space&k=5)", err=False)
@@ -63,13 +66,15 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         sys.stdout.flush()
 
     try:
-        stats = runtime.run(config, log_level, on_ready=ready)
+        stats = runtime.run(config, log_level, on_ready=ready, on_stats=progress.update)
     except runtime.StartupError as exc:
         fail(str(exc))
     except runtime.PipelineFailed as exc:
         fail(str(exc), code=1)  # an error retrying cannot fix: its own line says what and how
     except runtime.PipelineLost as exc:
         fail(f"the pipeline coordinator stopped: {exc}", code=1)
+    finally:
+        progress.close()
     if stats is None:
         click.echo("error: clean stop failed (see the log above)", err=True)
         return
@@ -197,6 +202,7 @@ def status(config_path: str, as_json: bool) -> None:
     state = "not running"
     last_error = None
     dead_letters: Any = None
+    backfill: dict[str, Any] | None = None
     try:
         url = f"http://{config.serve.host}:{config.serve.port}/stats"
         key = config.serve.api_key.get_secret_value() if config.serve.api_key else ""
@@ -205,6 +211,7 @@ def status(config_path: str, as_json: bool) -> None:
             stats = json.load(resp)
         rows, state = stats.get("rows_applied"), stats.get("state")
         dead_letters = stats.get("dead_letters")
+        backfill = stats.get("backfill")
         if state in ("halted", "recovering", "failed"):
             last_error = stats.get("last_error")
     except Exception:  # noqa: BLE001 - the pipeline is simply not up
@@ -216,7 +223,7 @@ def status(config_path: str, as_json: bool) -> None:
             "confirmed_lsn": format_lsn(info.confirmed_lsn), "server_lsn": format_lsn(info.current_lsn),
             "lag_bytes": info.lag_bytes, "lag_warning": lagging, "pipeline": state,
             "rows_applied": rows if isinstance(rows, int) else None, "dead_letters": dead_letters,
-            "last_error": last_error,
+            "last_error": last_error, "backfill": backfill,
         }, indent=2))
         return
     click.echo(f"slot:          {info.slot}{'' if info.exists else ' (does not exist)'}")
@@ -230,6 +237,10 @@ def status(config_path: str, as_json: bool) -> None:
     if last_error:
         click.echo(f"error:         {last_error}")
     click.echo(f"rows applied:  {rows}")
+    if backfill:
+        from cluster.progress import progress_line
+
+        click.echo(f"backfill:      {progress_line(backfill)}")
     if dead_letters is not None:
         hint = " (embedcluster deadletter list)" if dead_letters else ""
         click.echo(f"dead letters:  {dead_letters}{hint}")
@@ -379,6 +390,7 @@ _BENCH_MODULES = {
     "writer": ("benchmarks.bench_writer", "upsert rows/s into a private MariaDB for batch sizes 64..1024"),
     "confirm": ("benchmarks.bench_confirm", "commit -> in sink and commit -> slot confirmed latency, p50/p99"),
     "memory": ("benchmarks.bench_memory", "RSS of every Ray actor over a 200k-row backfill and a sink outage"),
+    "search": ("benchmarks.bench_search", "POST /search QPS and p50/p95/p99 at concurrency 1..64, vs in-process"),
     "sizing": ("benchmarks.sizing", "actors/GPUs needed for a target rows/s, and backfill time"),
 }
 

@@ -110,6 +110,10 @@ class PipelineCoordinator:
         self.last_error: str | None = None
         self.rows_applied = 0
         self.backfill_rows = 0
+        #: {"rows", "estimate"} of the snapshot being backfilled (None: no backfill in this run)
+        self.backfill_total: dict[str, Any] | None = None
+        self._backfill_since = 0.0
+        self._backfill_took: float | None = None
         self.batches_applied = 0
         self.acked_lsn = 0
         # notified whenever acked_lsn advances (wait_acked)
@@ -157,6 +161,11 @@ class PipelineCoordinator:
         # snapshot row is written, so a crash mid-backfill re-snapshots.
         ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"]))
         info = ray.get(self.reader.start.remote(True))
+        # a fresh snapshot is written from its first row again: progress starts over
+        self.backfill_rows = 0
+        self.backfill_total = info.get("backfill_total")
+        self._backfill_since = time.monotonic()
+        self._backfill_took: float | None = None
         self.state = "backfilling"
         log.info("slot %s: backfill from snapshot at %s", self.slot, info.get("consistent_lsn"))
 
@@ -319,6 +328,7 @@ class PipelineCoordinator:
         if entry.meta["phase"] == "backfill":
             self.backfill_rows += rows
         if result.snapshot_complete:
+            self._backfill_took = time.monotonic() - self._backfill_since
             self.state = "streaming"
             log.info("slot %s: backfill written (%d rows); streaming", self.slot, self.backfill_rows)
 
@@ -380,7 +390,32 @@ class PipelineCoordinator:
             "dead_letters": self.dead_letters,
             "last_error": self.last_error,
             "changes_per_second": self._changes_per_second(),
+            "backfill": self._backfill_progress(),
             "freshness_seconds": self.freshness.as_dict(),
+        }
+
+    def _backfill_progress(self) -> dict[str, Any] | None:
+        """The backfill of this run: rows written of the snapshot's total, rows/s and the
+        time left (None when this run resumed the stream instead)."""
+        if self.backfill_total is None:
+            return None
+        total, done = self.backfill_total["rows"], self.backfill_rows
+        finished = self._backfill_took is not None
+        if finished:
+            took = self._backfill_took or 0.0
+            rate = round(done / took, 1) if took > 0 else 0.0
+            eta: float | None = 0.0
+        else:
+            rate = self._changes_per_second()
+            eta = round(max(0, total - done) / rate, 1) if rate > 0 else None
+        return {
+            "rows_done": done,
+            "rows_total": total,
+            "total_is_estimate": bool(self.backfill_total.get("estimate")),
+            "percent": 100.0 if finished else round(min(100.0, 100.0 * done / total), 1) if total else 0.0,
+            "rows_per_second": rate,
+            "eta_seconds": eta,
+            "finished": finished,
         }
 
     def _changes_per_second(self) -> float:

@@ -8,6 +8,8 @@ one Ray start-up of the project: the pipeline and the benchmarks use it alike.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: how often the serving loop checks that the coordinator still answers
 WATCH_INTERVAL_S = 2.0
+#: how long a failed start-up waits for the search app's deployment to settle before shutting down
+DEPLOY_WAIT_S = 60.0
+#: set while this process runs a private local Ray (see :func:`shutdown`)
+_STARTED_LOCAL_RAY = threading.Event()
 
 
 class StartupError(RuntimeError):
@@ -65,6 +71,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, env_vars: dict[str
         return
     # loopback only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set by the cluster package (cluster/__init__.py)
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    _STARTED_LOCAL_RAY.set()
     log.info("started a local Ray on 127.0.0.1 with %s CPUs", num_cpus or "all")
 
 
@@ -118,10 +125,12 @@ def absolute_store_path(config: Config) -> None:
 
 
 def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None = None,
-        stop: threading.Event | None = None) -> dict[str, Any] | None:
+        stop: threading.Event | None = None,
+        on_stats: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Check, start everything, serve until SIGINT/SIGTERM (or ``stop`` is set), stop cleanly.
 
-    ``on_ready(url)`` is called once search answers.  Returns the coordinator's
+    ``on_ready(url)`` is called once search answers, ``on_stats(stats)`` with the coordinator's
+    figures every :data:`WATCH_INTERVAL_S` (the CLI's backfill progress).  Returns the coordinator's
     final stats, or None when the clean stop itself failed (logged).  Raises
     :class:`StartupError` when something cannot start, :class:`PipelineLost`
     when the coordinator stops answering and :class:`PipelineFailed` (after a clean
@@ -139,9 +148,20 @@ def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None =
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        running = launch_pipeline(config, specs, log_level)
+        # The search app is deployed while the pipeline's actors start: both mostly load the model
+        # (start-up takes the longer of the two, not their sum). The app finds the writer and the
+        # coordinator by name once they exist; /healthz says 503 until then.
+        deploying = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deploy-search")
+        search = deploying.submit(deploy_search, config, log_level)
+        deploying.shutdown(wait=False)
         try:
-            url = deploy_search(config, running, log_level)
+            running = launch_pipeline(config, specs, log_level)
+        except BaseException:
+            with contextlib.suppress(BaseException):  # the start-up error is the one to report
+                search.result(timeout=DEPLOY_WAIT_S)
+            raise
+        try:
+            url = search.result()
             if on_ready:
                 on_ready(url)
             failed: str | None = None
@@ -150,6 +170,11 @@ def run(config: Config, log_level: str, on_ready: Callable[[str], None] | None =
                     state = running.stats(timeout=30)
                 except Exception as exc:  # noqa: BLE001 - the coordinator itself is gone
                     raise PipelineLost(error_line(exc)) from None
+                if on_stats:
+                    try:
+                        on_stats(state)
+                    except Exception as exc:  # noqa: BLE001 - a display, never a reason to stop
+                        log.debug("progress display failed: %s", error_line(exc))
                 if state.get("state") == FAILED:
                     # Retrying cannot fix it and nothing is left to serve for: end the run
                     # (a schema change is "halted" instead, and keeps serving).
@@ -250,11 +275,13 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     return RunningPipeline(reader, embedders, writer, pipeline, dimension)
 
 
-def deploy_search(config: Config, running: RunningPipeline, log_level: str = "INFO") -> str:
-    """Start Serve on ``[serve] host:port`` and deploy the search app; returns its URL."""
+def deploy_search(config: Config, log_level: str = "INFO") -> str:
+    """Start Serve on ``[serve] host:port`` and deploy the search app (the HTTP front and the
+    query model, each with its ``[serve]`` replica count); returns its URL.  The app looks up the
+    pipeline's writer and coordinator by name, so this may run while they are being created."""
     from ray import serve
 
-    from serve_apps.search import SearchApp
+    from serve_apps.search import QueryEmbedder, SearchApp
 
     settings = config.serve
     exposure = settings.exposure_error()
@@ -270,8 +297,9 @@ def deploy_search(config: Config, running: RunningPipeline, log_level: str = "IN
                     "can reach this address can search and read /stats; set [serve] api_key", where)
     quiet = {"log_level": "WARNING" if log_level != "DEBUG" else "DEBUG"}
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=quiet)
+    embedder = QueryEmbedder.options(num_replicas=settings.embedding_replicas).bind(config.embedding, 1, log_level)
     app = SearchApp.options(num_replicas=settings.replicas).bind(
-        config.embedding, config.sink, running.writer, running.pipeline, 1, log_level, settings.api_key,
+        embedder, config.sink, WRITER_ACTOR, PIPELINE_ACTOR, NAMESPACE, log_level, settings.api_key,
         {t.name: list(t.payload) for t in config.tables},
     )
     try:
@@ -294,11 +322,15 @@ def payload_indexes(specs: dict[str, Any]) -> dict[str, str]:
 
 
 def shutdown() -> None:
+    """Stop Serve and leave Ray.  A private local Ray goes with every process in it (Serve's
+    too), so Serve's own graceful shutdown, seconds long, is only needed on a shared cluster."""
     import ray
     from ray import serve
 
-    try:
-        serve.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
+    if not _STARTED_LOCAL_RAY.is_set():
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    _STARTED_LOCAL_RAY.clear()
     ray.shutdown()

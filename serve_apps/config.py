@@ -55,7 +55,10 @@ class ServeConfig(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    #: replicas of the HTTP front (parsing, auth, the page)
     replicas: int = Field(default=1, ge=1, le=256)
+    #: replicas of the query model (QueryEmbedder): concurrent queries share its forward passes
+    embedding_replicas: int = Field(default=1, ge=1, le=256)
     #: serve a non-loopback ``host`` without an API key (logged as a WARNING)
     allow_unauthenticated: bool = False
     #: the bearer token every route but /healthz requires; env EMBEDCLUSTER_API_KEY overrides.

@@ -23,6 +23,10 @@ STATES = ("starting", "backfilling", "streaming", "recovering", "halted", "stopp
 _FIGURES: dict[str, tuple[str, Any]] = {
     "embedcluster_rows_applied": ("Changes written to the store since the pipeline started", lambda s: s.get("rows_applied")),
     "embedcluster_backfill_rows": ("Rows written by the backfill", lambda s: s.get("backfill_rows")),
+    "embedcluster_backfill_rows_total": ("Rows of the snapshot this run backfills (an estimate above 1M rows)",
+                                         lambda s: (s.get("backfill") or {}).get("rows_total")),
+    "embedcluster_backfill_eta_seconds": ("Seconds the backfill still needs at its current rate",
+                                          lambda s: (s.get("backfill") or {}).get("eta_seconds")),
     "embedcluster_batches_applied": ("Batches written to the store", lambda s: s.get("batches_applied")),
     "embedcluster_errors": ("Pipeline attempts that failed and were replayed from the slot", lambda s: s.get("errors")),
     "embedcluster_dead_letters": ("Changes set aside as dead letters (embedcluster deadletter list)",

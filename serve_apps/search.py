@@ -6,9 +6,9 @@ Routes (the public HTTP API):
   "filter": {"year": {"gte": 1950}}, "score_threshold": 0.2, "mode": "dense"}``
   (all but ``q`` optional; ``serve_apps/query.py`` says what each accepts) ->
   ``{"query", "k", "mode", "results": [{"table", "id", "score", "payload"}],
-  "took_ms"}``, best first.  ``GET /search?q=TEXT&k=5`` takes the same as query
-  parameters, ``filter`` as JSON.  Filters and ``table`` run inside the store.
-  A filter on a field that is not a payload column, an unknown table, or a
+  "took_ms", "timings_ms": {"embed", "store"}}``, best first.
+  ``GET /search?q=TEXT&k=5`` takes the same as query parameters, ``filter``
+  as JSON.  Filters and ``table`` run inside the store.  A filter on a field that is not a payload column, an unknown table, or a
   ``mode`` the sink cannot run (MySQL: only ``dense``) is a 400 naming it.
 * ``GET /docs`` -> interactive API docs (Swagger UI, served from the installed
   package, never a CDN).
@@ -26,10 +26,10 @@ set, every route but ``/healthz`` needs ``Authorization: Bearer <key>``
 Bearer``.  A browser asking for ``/`` gets the page itself with that 401: the page
 asks for the key and sends it with each of its requests.
 
-Queries are embedded with the same model as the rows, in small dynamic
-batches (``@serve.batch``).  With a shared sink (Qdrant server, MySQL) each
-replica searches directly; with embedded Qdrant the writer actor owns the
-store and answers the search.
+Queries are embedded with the same model as the rows by a deployment of its
+own, :class:`QueryEmbedder`, in small dynamic batches (``@serve.batch``).
+With a shared sink (Qdrant server, MySQL) each replica searches directly;
+with embedded Qdrant the writer actor owns the store and answers the search.
 """
 
 
@@ -345,20 +345,83 @@ def scrub_json(value: Any) -> Any:
     return value
 
 
-#: how long the health check waits for the coordinator and the store
+#: how long the health check waits for the store
 HEALTH_TIMEOUT_S = 10.0
+
+
+#: queries one forward pass takes at most, and how long the first waits for others to join it
+QUERY_BATCH_SIZE = 32
+QUERY_BATCH_WAIT_S = 0.002
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256, health_check_period_s=10)
+class QueryEmbedder:
+    """The query model, a deployment of its own (``[serve] embedding_replicas``): concurrent
+    queries from every :class:`SearchApp` replica share forward passes (``@serve.batch``), and the
+    HTTP replicas stay light, so each side is scaled on its own."""
+
+    def __init__(self, embedding: EmbeddingConfig, threads: int = 1, log_level: str = "INFO") -> None:
+        setup_logging(log_level)
+        _keep_replica_grpc_on_loopback()
+        # queries are single sentences: CPU is fine and keeps GPUs for the pool
+        device = "cpu" if embedding.device == "auto" else embedding.device
+        self.embedder = Embedder(
+            model=embedding.model, device=device, threads=threads, max_length=embedding.max_length,
+            # float16 is for GPUs; on CPU "auto" picks bf16 or fp32 by what the CPU does natively
+            batch_size=QUERY_BATCH_SIZE,
+            dtype="auto" if device == "cpu" and embedding.dtype == "float16" else embedding.dtype,
+        )
+
+    async def ready(self) -> bool:
+        """True: answered once the model is loaded (the constructor has returned)."""
+        return True
+
+    @serve.batch(max_batch_size=QUERY_BATCH_SIZE, batch_wait_timeout_s=QUERY_BATCH_WAIT_S)
+    async def embed(self, texts: list[str]) -> list[tuple[np.ndarray, float, int]]:
+        """One query's ``(vector, model milliseconds, batch size)``; the calls that arrive
+        together are embedded as one batch (the milliseconds are that batch's)."""
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        took = (time.perf_counter() - started) * 1000
+        return [(v, took, len(texts)) for v in vectors]
+
+
+class _NamedActor:
+    """A Ray actor looked up by name when first needed, then kept.
+
+    The search app is deployed while the pipeline's actors are still being created (start-up
+    runs both at once), so it cannot be handed their handles; until the actor exists,
+    :meth:`get` raises :class:`LookupError`."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name, self.namespace = name, namespace
+        self._handle: Any = None
+
+    def get(self) -> Any:
+        if self._handle is None:
+            import ray
+
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                raise LookupError(f"the pipeline's {self.name} actor is not running yet") from None
+        return self._handle
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, health_check_period_s=10)
 @serve.ingress(api)
 class SearchApp:
+    """The HTTP front (FastAPI): parses and checks requests, asks :class:`QueryEmbedder` for the
+    query's vector and the store for the hits.  ``writer`` and ``pipeline`` are actor names in
+    ``namespace``, looked up on first use."""
+
     def __init__(
         self,
-        embedding: EmbeddingConfig,
+        embedder: Any,
         sink: Any,
-        writer: Any,
-        pipeline: Any,
-        threads: int = 1,
+        writer: str,
+        pipeline: str,
+        namespace: str,
         log_level: str = "INFO",
         api_key: SecretStr | None = None,
         payload_fields: dict[str, list[str]] | None = None,
@@ -368,36 +431,47 @@ class SearchApp:
         #: read by :class:`BearerAuth` for every request (None: no key, the host is loopback or allowed)
         self._api_key = api_key.get_secret_value() if api_key is not None else None
         _keep_replica_grpc_on_loopback()
-        # queries are single sentences: CPU is fine and keeps GPUs for the pool
-        device = "cpu" if embedding.device == "auto" else embedding.device
-        self.embedder = Embedder(
-            model=embedding.model, device=device, threads=threads, max_length=embedding.max_length,
-            # float16 is for GPUs; on CPU "auto" picks bf16 or fp32 by what the CPU does natively
-            batch_size=32, dtype="auto" if device == "cpu" and embedding.dtype == "float16" else embedding.dtype,
-        )
+        #: the QueryEmbedder deployment's handle
+        self.embedder = embedder
+        self._model_ready = False
         # a shared store is searched from here; embedded Qdrant only through its owner, the writer
         self.sink = open_sink(sink) if sink.kind == "mysql" or sink.url else None
-        self.writer = writer
-        self.pipeline = pipeline
+        self._writer = _NamedActor(writer, namespace)
+        self._pipeline = _NamedActor(pipeline, namespace)
         self.page = page_html()
         #: table -> its payload columns: what a filter may name (None: not checked)
         self.payload_fields = payload_fields
 
+    @property
+    def writer(self) -> Any:
+        return self._writer.get()
+
+    @property
+    def pipeline(self) -> Any:
+        return self._pipeline.get()
+
     async def check_health(self) -> None:
-        """Serve's replica health check (every ``health_check_period_s``): raises unless the
-        pipeline coordinator answers and the store can be read, the two things every route
-        needs.  The store is this replica's own connection to a shared sink, or the writer
-        that owns the embedded store."""
-        await asyncio.wait_for(self.pipeline.stats.remote(), HEALTH_TIMEOUT_S)
+        """Serve's replica health check (every ``health_check_period_s``): raises when this
+        replica's own connection to a shared store (MySQL, a Qdrant server) fails, which a new
+        replica would open afresh.  The coordinator and the writer are not checked here: they
+        are Ray actors restarted by Ray, and a writer busy building the embedded store's index
+        (seconds to minutes, holding its process) must not get the search replicas replaced;
+        ``/healthz`` reports the pipeline's state to whoever routes traffic."""
         if self.sink is not None:
             await asyncio.wait_for(asyncio.to_thread(self.sink.ping), HEALTH_TIMEOUT_S)
-        else:
-            await asyncio.wait_for(self.writer.ping.remote(), HEALTH_TIMEOUT_S)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        vectors = await asyncio.to_thread(self.embedder.embed, texts)
-        return list(vectors)
+    async def _query_model_ready(self) -> bool:
+        """Whether a QueryEmbedder replica answers (once it has, always: Serve replaces a lost one
+        and queues the queries meanwhile)."""
+        if not self._model_ready:
+            try:
+                self._model_ready = await asyncio.wait_for(self.embedder.ready.remote(), 1.0)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    async def _embed(self, text: str) -> tuple[np.ndarray, float, int]:
+        return await self.embedder.embed.remote(text)
 
     async def _search(self, vector: np.ndarray | None, req: SearchRequest) -> list[SearchHit]:
         options = {"table": req.table, "filters": req.filters, "score_threshold": req.score_threshold,
@@ -434,8 +508,10 @@ class SearchApp:
     async def _answer(self, req: SearchRequest, started: float) -> JSONResponse:
         try:
             # keyword search is BM25 alone: no query vector to compute
-            vector = await self._embed(req.q) if req.mode != "keyword" else None
+            vector, model_ms, batch = await self._embed(req.q) if req.mode != "keyword" else (None, 0.0, 0)
+            embedded = time.perf_counter()
             hits = await self._search(vector, req)
+            searched = time.perf_counter()
         except UnsupportedSearch as exc:  # the request asks what this store cannot do: the client's to change
             return error_response(400, _unsupported_line(exc))
         except Exception as exc:  # noqa: BLE001 - the store or the model, not the request: 503, one line
@@ -445,17 +521,28 @@ class SearchApp:
             return error_response(503, f"search failed: {error_line(exc)}")
         took = (time.perf_counter() - started) * 1000
         pipeline_metrics.SEARCH_SECONDS.labels(mode=req.mode).observe(took / 1000)
+        # where the time went: asking for the query's vector (0 for keyword), of which the model's
+        # forward pass over its batch of queries, the store, and the rest (parsing, the answer);
+        # benchmarks split the latency with these
+        timings = {"embed": round((embedded - started) * 1000, 3), "model": round(model_ms, 3), "query_batch": batch,
+                   "store": round((searched - embedded) * 1000, 3)}
         return JSONResponse({"query": req.q, "k": req.k, "mode": req.mode,
-                             "results": [hit_json(h) for h in hits], "took_ms": round(took, 3)})
+                             "results": [hit_json(h) for h in hits], "took_ms": round(took, 3),
+                             "timings_ms": timings})
 
     @api.get("/healthz", summary="Health", responses={"503": {"description": "not streaming (yet): the state"}})
     async def healthz(self) -> JSONResponse:
         """``{"status": "ok"}`` once the pipeline streams; 503 with its state otherwise.  Never needs the key."""
         try:
             stats = await self.pipeline.stats.remote()
+        except LookupError as exc:  # the run is still creating its actors
+            return JSONResponse({"status": "starting", "error": str(exc)}, status_code=503)
         except Exception as exc:  # noqa: BLE001 - the coordinator is gone
             return JSONResponse({"status": "unavailable", "error": scrub(error_line(exc))}, status_code=503)
         if stats.get("state") == "streaming":
+            if not await self._query_model_ready():
+                return JSONResponse({"status": "starting", "error": "the query model is still loading"},
+                                    status_code=503)
             return JSONResponse({"status": "ok"})
         return JSONResponse(scrub_json({"status": stats.get("state"), "error": stats.get("last_error")}),
                             status_code=503)

@@ -85,8 +85,12 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
     config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
     app = start_run(config, port, tmp_path / "run.log")
     try:
-        # backfill: the eight pre-existing books are searchable
+        # backfill: the eight pre-existing books are searchable; its progress says all 8 of 8 are written
         assert app.stats()["rows_applied"] >= 8
+        backfill = app.stats()["backfill"]
+        assert (backfill["rows_done"], backfill["rows_total"], backfill["finished"], backfill["percent"]) == (
+            8, 8, True, 100.0), backfill
+        assert backfill["total_is_estimate"] is False and backfill["eta_seconds"] == 0
         first = app.search("battle in space", k=5)
         assert first["query"] == "battle in space" and first["k"] == 5
         assert first["results"][0]["payload"]["name"] == "The War of the Worlds"
@@ -172,6 +176,7 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         )
         assert "slot:          embedcluster" in status.stdout and "active:        yes" in status.stdout
         assert "pipeline:      streaming" in status.stdout and "rows applied:  " in status.stdout
+        assert "backfill:      done: 8 rows at " in status.stdout, status.stdout
         as_json = json.loads(_cli("status", "--config", str(config), "--json").stdout)
         assert as_json["pipeline"] == "streaming" and as_json["lag_bytes"] is not None and as_json["rows_applied"] >= 8
         busy = _cli("drop", "--config", str(config), "--yes")  # the running pipeline holds the slot
@@ -180,6 +185,7 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         rc = app.cli.stop(signal.SIGTERM)
     assert rc == 0, app.cli.output()[-3000:]
     assert "stopped: slot embedcluster confirmed" in app.cli.output()
+    assert "backfill done: 8 rows at " in app.cli.output()  # the terminal's last progress line
     assert_index_equals_table(books, sink_settings)
 
     refused = _cli("drop", "--config", str(config))

@@ -146,6 +146,10 @@ class _FakeReplica:
         self.pipeline = types.SimpleNamespace(stats=_Remote(lambda: dict(stats)))
         self.page = page_html()
         self.payload_fields = {"public.books": ["year", "author"], "public.films": ["title"]}
+        self.model_ready = True
+
+    async def _query_model_ready(self):
+        return self.model_ready
 
 
 @pytest.fixture()
@@ -192,6 +196,41 @@ def test_healthz_needs_no_key(client):
     assert client().get("/healthz").json() == {"status": "ok"}
     stopped = client(stats={"state": "stopped", "last_error": "boom"}).get("/healthz")
     assert stopped.status_code == 503 and stopped.json() == {"status": "stopped", "error": "boom"}
+
+
+def test_healthz_says_starting_until_the_pipeline_and_the_query_model_are_up(client, monkeypatch):
+    """The app is deployed while the run still creates its actors (looked up by name) and the
+    query model loads: 503 "starting" until both are there."""
+    import ray.serve
+
+    from fastapi.testclient import TestClient
+
+    class Starting(_FakeReplica):
+        created = False
+
+        @property
+        def pipeline(self):
+            if not self.created:
+                raise LookupError("the pipeline's pipeline actor is not running yet")  # as _NamedActor.get
+            return self._pipeline
+
+        @pipeline.setter
+        def pipeline(self, value):
+            self._pipeline = value
+
+    replica = Starting(None, {"state": "streaming"})
+    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=replica))
+    c = TestClient(search.api)
+    early = c.get("/healthz")
+    assert early.status_code == 503 and early.json()["status"] == "starting", early.json()
+    assert c.get("/stats").status_code == 503
+    replica.created = True
+    replica.model_ready = False
+    loading = c.get("/healthz")
+    assert loading.status_code == 503 and loading.json() == {"status": "starting",
+                                                            "error": "the query model is still loading"}
+    replica.model_ready = True
+    assert c.get("/healthz").json() == {"status": "ok"}
 
 
 def test_odd_authorization_headers_are_refused_not_errors(client):
@@ -374,3 +413,32 @@ def test_interactive_docs_are_served_locally_without_the_key(client):
     doc = c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     body = doc["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"q", "k", "table", "filter", "score_threshold", "mode"}
+
+
+def test_concurrent_queries_share_one_forward_pass_of_the_query_model(monkeypatch):
+    """QueryEmbedder (its own deployment) batches the calls that arrive together (``@serve.batch``):
+    five concurrent queries, one pass of five; each vector is the one its text gets alone."""
+    import asyncio
+
+    import numpy as np
+
+    from actors.embedder import Embedder, EmbeddingConfig
+    from serve_apps.search import QueryEmbedder
+
+    import ray.serve
+
+    # what @serve.batch reads from the replica it runs in (outside Serve here)
+    context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=256))
+    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: context)
+    model = QueryEmbedder.func_or_class(EmbeddingConfig(), 1, "WARNING")
+    texts = ["battle in space", "a baker", "time travel", "desert planet", "virtual reality"]
+
+    async def together():
+        return await asyncio.gather(*(model.embed(t) for t in texts))
+
+    answers = asyncio.run(together())
+    assert [batch for _, _, batch in answers] == [5] * 5
+    assert all(ms > 0 for _, ms, _ in answers)
+    alone = Embedder(device="cpu", threads=1).embed(texts)
+    for (vector, _, _), expected in zip(answers, alone):
+        assert float(np.dot(vector, expected)) > 0.999
