@@ -37,6 +37,7 @@ with embedded Qdrant the writer actor owns the store and answers the search.
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import time
 from importlib import resources
@@ -127,9 +128,17 @@ def docs_asset(name: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=1)
-def page_html() -> str:
-    """The search page (``serve_apps/search.html``)."""
+def _page_template() -> str:
     return resources.files("serve_apps").joinpath("search.html").read_text(encoding="utf-8")
+
+
+def page_html(payload_fields: dict[str, list[str]] | None = None) -> str:
+    """The search page (``serve_apps/search.html``) with the tables and payload columns its
+    filters offer (none on the page a request without the API key gets: it asks for the key,
+    then reads them from the page sent with it)."""
+    # inside <script>: no "<", ">" or "&" may end the element or start markup
+    data = json.dumps(payload_fields or {}).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return _page_template().replace("__EMBEDCLUSTER_TABLES__", data)
 
 
 #: sent with the page: never cached, never framed, no referrer
@@ -438,7 +447,7 @@ class SearchApp:
         self.sink = open_sink(sink) if sink.kind == "mysql" or sink.url else None
         self._writer = _NamedActor(writer, namespace)
         self._pipeline = _NamedActor(pipeline, namespace)
-        self.page = page_html()
+        self.page = page_html(payload_fields)
         #: table -> its payload columns: what a filter may name (None: not checked)
         self.payload_fields = payload_fields
 

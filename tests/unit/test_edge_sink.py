@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -401,8 +402,10 @@ def test_without_the_wal_a_killed_writer_loses_what_it_did_not_flush(tmp_path: P
 # -- one process per directory, and the old embedded mode ------------------------------------------------
 
 
-def test_a_second_open_is_refused_in_one_line_here_and_in_another_process(tmp_path: Path) -> None:
+def test_a_second_open_is_refused_in_one_line_here_and_in_another_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "q"
+    monkeypatch.setattr(edge_module, "LOCK_WAIT_S", 0.5)  # another process's lock is waited for this long
     first = EdgeSink(_config(path))
     try:
         with pytest.raises(SinkError) as info:
@@ -417,11 +420,30 @@ def test_a_second_open_is_refused_in_one_line_here_and_in_another_process(tmp_pa
         with pytest.raises(SinkError) as info:
             EdgeSink(_config(path))
         message = str(info.value)
-        assert "is open in another process" in message and str(path) in message and "\n" not in message
+        assert f"is open in another process (pid {child.proc.pid})" in message and str(path) in message
+        assert "\n" not in message
     finally:
         child.kill()
     again = EdgeSink(_config(path))  # the lock went with the process
     again.close()
+
+
+def test_a_store_held_by_a_process_that_is_exiting_is_waited_for(tmp_path: Path) -> None:
+    """A restart after a crash: the old writer still holds the store for a moment, then exits."""
+    path = tmp_path / "q"
+    child = _Child(path, "hold")
+    child.wait_for(lambda s: s == "open")
+    killer = threading.Timer(1.0, child.kill)
+    killer.start()
+    started = time.monotonic()
+    try:
+        s = EdgeSink(_config(path))  # waits for the lock instead of refusing at once
+    finally:
+        killer.join()
+    try:
+        assert 0.9 <= time.monotonic() - started < edge_module.LOCK_WAIT_S
+    finally:
+        s.close()
 
 
 def test_a_store_of_the_old_embedded_mode_is_refused_and_left_alone(tmp_path: Path) -> None:

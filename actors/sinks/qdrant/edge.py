@@ -102,6 +102,10 @@ log = logging.getLogger(__name__)
 
 #: the named sparse vector holding BM25 of the stored text
 BM25_VECTOR = "bm25"
+#: how long a store locked by another process is waited for before the refusal (that process may be
+#: a crashed run's writer, still exiting), and how often the lock is tried meanwhile
+LOCK_WAIT_S = 30.0
+LOCK_POLL_S = 0.25
 #: seconds between checkpoints (``flush()`` of a shard) of a durable store
 CHECKPOINT_S = 5.0
 #: points upserted since the last index build after which a write call runs ``optimize()``
@@ -278,27 +282,53 @@ class EdgeSink(VectorSink):
         if here:
             return (f"the embedded Qdrant store at {self.where} (sink.path) is already open in this process; "
                     "close the other sink first")
-        return (f"the embedded Qdrant store at {self.where} (sink.path) is open in another process; stop the other "
+        holder = self._holder()
+        who = f"another process (pid {holder})" if holder else "another process"
+        return (f"the embedded Qdrant store at {self.where} (sink.path) is open in {who}; stop the other "
                 "embedcluster run, or set sink.url to a Qdrant server")
 
+    def _holder(self) -> int | None:
+        """The pid the lock's holder wrote into the lock file (None: unreadable or empty)."""
+        try:
+            return int((self.directory / "lock").read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
     def _take_lock(self) -> None:
+        """The store's flock; one held by another process is waited for up to :data:`LOCK_WAIT_S`.
+
+        That process may be this pipeline's previous writer: after a crash (a SIGKILL of
+        ``embedcluster run``) its worker processes exit a moment later, and a restart must
+        not fail on them.  Two live runs on one store still get the one-line refusal.
+        """
         path = str((self.directory / "lock").resolve())
-        with _HELD_LOCK:
-            if path in _HELD:
-                raise SinkError(self._locked_message(here=True))
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise SinkError(self._locked_message(here=False)) from None
-                raise
-            # the holder's pid, for whoever looks at the directory (the lock is what counts)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            _HELD.add(path)
-        self._lock_fd, self._lock_path = fd, path
+        deadline = time.monotonic() + LOCK_WAIT_S
+        waiting_logged = False
+        while True:
+            with _HELD_LOCK:
+                if path in _HELD:
+                    raise SinkError(self._locked_message(here=True))
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                else:
+                    # the holder's pid, for whoever looks at the directory (the lock is what counts)
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    _HELD.add(path)
+                    self._lock_fd, self._lock_path = fd, path
+                    return
+            if time.monotonic() >= deadline:
+                raise SinkError(self._locked_message(here=False))
+            if not waiting_logged:
+                waiting_logged = True
+                log.info("the embedded Qdrant store at %s is held by pid %s; waiting up to %.0f s for it to be "
+                         "released (a previous run's writer exiting)", self.where, self._holder() or "?", LOCK_WAIT_S)
+            time.sleep(LOCK_POLL_S)
 
     def _release(self) -> None:
         if self._lock_fd is not None:
