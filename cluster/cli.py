@@ -391,6 +391,7 @@ _BENCH_MODULES = {
     "confirm": ("benchmarks.bench_confirm", "commit -> in sink and commit -> slot confirmed latency, p50/p99"),
     "memory": ("benchmarks.bench_memory", "RSS of every Ray actor over a 200k-row backfill and a sink outage"),
     "search": ("benchmarks.bench_search", "POST /search QPS and p50/p95/p99 at concurrency 1..64, vs in-process"),
+    "scrape": ("benchmarks.bench_scrape", "what scraping /metrics or /stats at 20 Hz costs the pipeline's throughput"),
     "sizing": ("benchmarks.sizing", "actors/GPUs needed for a target rows/s, and backfill time"),
 }
 

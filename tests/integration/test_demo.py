@@ -44,7 +44,10 @@ def test_demo_story_on_loopback(tmp_path: Path) -> None:
         assert time.monotonic() - committed < 3.0
 
         page = __import__("urllib.request").request.urlopen(app.base + "/", timeout=10).read().decode()
-        assert "<form" in page and "search?k=10&q=" in page
+        # the page, with the demo's table and its payload fields for the filters (the browser test
+        # drives it: tests/integration/test_search_page.py)
+        assert "<form" in page and 'api("search", request())' in page
+        assert '{"public.books": ["name", "description", "author", "year"]}' in page
 
         assert non_loopback_listeners([app.cli.proc.pid, postmaster_pid(pg_data)]) == []
     finally:

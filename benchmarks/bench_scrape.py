@@ -1,0 +1,136 @@
+"""What watching the pipeline costs: burst throughput while a client scrapes ``/metrics`` or
+``/stats`` 20 times a second, against nobody watching, in one run.
+
+``python -m benchmarks.bench_scrape`` (or ``embedcluster bench scrape``): ``embedcluster run`` (default
+model, embedded store) on a private PostgreSQL; each trial inserts ``--rows`` rows in one
+transaction and times commit -> the slot confirms them (read from PostgreSQL, 10 times a second,
+which costs the pipeline nothing it would notice).  The three cases are interleaved within each
+trial, warm-up excluded; the result is each watched case's median rows/s over the unwatched one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, plot_bars, print_table, result_header, write_json
+
+DEFAULT_OUT = RESULTS_DIR / "scrape.json"
+CASES = ("none", "metrics_20hz", "stats_20hz")
+
+
+class Scraper(threading.Thread):
+    """GET ``url`` every ``1/hz`` seconds until stopped; counts answers and failures."""
+
+    def __init__(self, url: str, hz: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.interval = url, 1.0 / hz
+        self.done = threading.Event()
+        self.ok = self.failed = 0
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.done.is_set():
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as answer:
+                    answer.read()
+                self.ok += 1
+                self.latencies.append((time.perf_counter() - started) * 1000)
+            except Exception:  # noqa: BLE001 - counted
+                self.failed += 1
+            next_at += self.interval
+            self.done.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+
+
+def _burst(setup: Any, rows: int) -> float:
+    """Rows/s from the commit of ``rows`` rows until the slot confirms them."""
+    started = time.monotonic()
+    lsn = setup.insert(rows)
+    while setup.confirmed() < lsn:
+        if not setup.alive():
+            raise RuntimeError(f"embedcluster run exited:\n{setup.log_tail()}")
+        time.sleep(0.1)
+    return rows / (time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=3000, help="rows per burst")
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--hz", type=float, default=20.0)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    args.sink = "qdrant"
+
+    from benchmarks.bench_memory import Setup
+
+    setup = Setup(args, Path(tempfile.mkdtemp(prefix="ec-bench-scrape-")))
+    base = f"http://127.0.0.1:{setup.port}"
+    rates: dict[str, list[float]] = {c: [] for c in CASES}
+    scrapes: dict[str, dict[str, Any]] = {}
+    try:
+        setup.start()
+        if not setup.wait(lambda: setup.stats().get("state") == "streaming", 300, "the pipeline to stream"):
+            return 1
+        _burst(setup, args.rows)  # warm-up: the model, the store, the code paths (excluded)
+        for trial in range(args.trials):
+            order = CASES if trial % 2 == 0 else tuple(reversed(CASES))  # neither case always goes first
+            for case in order:
+                scraper = None
+                if case != "none":
+                    scraper = Scraper(f"{base}/{case.split('_')[0]}", args.hz)
+                    scraper.start()
+                try:
+                    rates[case].append(_burst(setup, args.rows))
+                finally:
+                    if scraper is not None:
+                        scraper.stop()
+                        seen = scrapes.setdefault(case, {"ok": 0, "failed": 0, "latencies": []})
+                        seen["ok"] += scraper.ok
+                        seen["failed"] += scraper.failed
+                        seen["latencies"] += scraper.latencies
+            print(f"  trial {trial + 1}: " + "  ".join(f"{c} {rates[c][-1]:.0f} rows/s" for c in CASES), flush=True)
+    finally:
+        setup.close()
+
+    medians = {c: statistics.median(v) for c, v in rates.items()}
+    cost = {c: round(1 - medians[c] / medians["none"], 4) for c in CASES if c != "none"}
+    result = {
+        **result_header(f"burst rows/s while GET /metrics or /stats is scraped at {args.hz:g} Hz, vs none",
+                        "benchmarks.bench_scrape"),
+        "rows_per_burst": args.rows, "trials": args.trials, "scrape_hz": args.hz,
+        "order": "cases interleaved, alternating direction each trial; one warm-up burst excluded",
+        "rows_per_s": {c: {"median": round(medians[c], 1), "trials": [round(x, 1) for x in v]} for c, v in rates.items()},
+        "cost_vs_none": cost,
+        "scrapes": {c: {"ok": s["ok"], "failed": s["failed"],
+                        "p50_ms": round(statistics.median(s["latencies"]), 2) if s["latencies"] else None}
+                    for c, s in scrapes.items()},
+        "target": "cost under 0.02",
+    }
+    write_json(args.out, result)
+    plot_bars(args.out.with_suffix(".png"),
+              f"burst of {args.rows} rows: rows/s while scraped at {args.hz:g} Hz (median of {args.trials}; "
+              "whiskers min/max)", list(CASES), {"rows/s": [medians[c] for c in CASES]}, "rows/s",
+              errors={"rows/s": [(min(rates[c]), max(rates[c])) for c in CASES]})
+    print_table(f"watching the pipeline at {args.hz:g} Hz", ["case", "rows/s (median)", "cost"],
+                [[c, round(medians[c], 1), f"{100 * cost.get(c, 0):.1f} %"] for c in CASES])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
