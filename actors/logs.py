@@ -79,6 +79,17 @@ def _add(values: set[str]) -> None:
             _secrets_sorted = tuple(sorted(_secrets, key=len, reverse=True))  # longest first
 
 
+def scrub_json(value: Any) -> Any:
+    """``value`` with every string in it scrubbed of secrets (for /stats and /healthz)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrub_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_json(v) for v in value]
+    return value
+
+
 def scrub(text: str) -> str:
     """``text`` with URL passwords, libpq ``password=`` values and registered secrets replaced by ``***``."""
     if not isinstance(text, str) or not text:

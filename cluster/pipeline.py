@@ -433,6 +433,10 @@ class PipelineCoordinator:
         self._stop.set()
 
 
+#: the embedding actors' and the writer's figures in ``stats()`` are at most this old (see _part_stats)
+PART_STATS_MAX_AGE_S = 1.0
+
+
 @ray.remote(num_cpus=0, max_concurrency=8)
 class PipelineActor:
     """Runs a :class:`PipelineCoordinator` on a thread; answers ``stats`` meanwhile."""
@@ -442,30 +446,68 @@ class PipelineActor:
         setup_logging(log_level)
         self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension)
         self.thread: threading.Thread | None = None
+        self.exporter: Any = None
+        self._parts_lock = threading.Lock()
+        self._parts: dict[str, Any] = {}
+        self._parts_at = float("-inf")
+        self._parts_key: Any = None
 
     def start(self) -> None:
         if self.thread is None:
+            self._start_exporter()
             self.thread = threading.Thread(target=self.coordinator.run, name="pipeline", daemon=True)
             self.thread.start()
 
+    def _start_exporter(self) -> None:
+        """``[serve] metrics_port``: /metrics and /stats from this process (serve_apps/exporter.py)."""
+        serve = self.coordinator.config.serve
+        if not serve.metrics_port:
+            return
+        from serve_apps.exporter import StatsExporter
+
+        try:
+            self.exporter = StatsExporter(self.stats, serve.host, serve.metrics_port, serve.api_key_value).start()
+        except OSError as exc:
+            raise RuntimeError(f"serve.metrics_port {serve.metrics_port} on {serve.host} cannot be used: "
+                               f"{exc.strerror or exc}; pick a free port or set serve.metrics_port = 0") from None
+        log.info("metrics for frequent scraping on http://%s:%d/metrics (and /stats)", serve.host, self.exporter.port)
+
     def stats(self) -> dict[str, Any]:
         stats = self.coordinator.stats()
-        try:
-            embed = ray.get([e.stats.remote() for e in self.coordinator.embedders], timeout=2)
-            stats["embedding"] = {
-                k: sum(s.get(k, 0) for s in embed)
-                for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes", "seconds")
-            }
-            stats["truncated_texts"] = stats["embedding"]["truncated"]
-        except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures
-            pass
-        try:
-            writer = ray.get(self.coordinator.writer.stats.remote(), timeout=2)
-            stats["dead_letters"] = writer["dead_letters"]
-            stats["sink_unavailable_s"] = writer["sink_unavailable_s"]
-        except Exception:  # noqa: BLE001 - a writer being restarted: the coordinator's figures
-            pass
+        stats.update(self._part_stats(stats.get("batches_applied")))
         return stats
+
+    def _part_stats(self, batches_applied: Any) -> dict[str, Any]:
+        """The embedding actors' and the writer's figures, asked for at most every
+        :data:`PART_STATS_MAX_AGE_S` while no batch was written meanwhile.
+
+        A client polling ``/stats`` or ``/metrics`` many times a second would otherwise add as
+        many calls into the busy embedding actors and writer.  Texts are embedded and dead
+        letters set aside only on the way to a write, so figures read since the last written
+        batch are still exact once the pipeline has caught up.
+        """
+        with self._parts_lock:
+            now = time.monotonic()
+            if self._parts_key == batches_applied and now - self._parts_at < PART_STATS_MAX_AGE_S:
+                return dict(self._parts)
+            parts: dict[str, Any] = {}
+            try:
+                embed = ray.get([e.stats.remote() for e in self.coordinator.embedders], timeout=2)
+                parts["embedding"] = {
+                    k: sum(s.get(k, 0) for s in embed)
+                    for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes", "seconds")
+                }
+                parts["truncated_texts"] = parts["embedding"]["truncated"]
+            except Exception:  # noqa: BLE001 - busy actors: stats without embedding figures
+                pass
+            try:
+                writer = ray.get(self.coordinator.writer.stats.remote(), timeout=2)
+                parts["dead_letters"] = writer["dead_letters"]
+                parts["sink_unavailable_s"] = writer["sink_unavailable_s"]
+            except Exception:  # noqa: BLE001 - a writer being restarted: the coordinator's figures
+                pass
+            self._parts, self._parts_at, self._parts_key = parts, now, batches_applied
+            return dict(parts)
 
     def wait_acked(self, lsn: int, timeout: float = 60.0) -> int:
         """See :meth:`PipelineCoordinator.wait_acked`."""
@@ -476,4 +518,7 @@ class PipelineActor:
         self.coordinator.stop()
         if self.thread is not None:
             self.thread.join(timeout)
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter = None
         return self.coordinator.stats()

@@ -271,7 +271,12 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, infos[0]["workers"], dimension,
     )
     pipeline = PipelineActor.options(name=PIPELINE_ACTOR).remote(config, reader, embedders, writer, dimension, log_level)
-    ray.get(pipeline.start.remote())
+    try:
+        ray.get(pipeline.start.remote())
+    except Exception as exc:  # noqa: BLE001 - e.g. serve.metrics_port taken: one line
+        for handle in [pipeline, reader, writer, *embedders]:
+            ray.kill(handle)
+        raise StartupError(error_line(exc)) from None
     return RunningPipeline(reader, embedders, writer, pipeline, dimension)
 
 

@@ -59,6 +59,9 @@ class ServeConfig(Section):
     replicas: int = Field(default=1, ge=1, le=256)
     #: replicas of the query model (QueryEmbedder): concurrent queries share its forward passes
     embedding_replicas: int = Field(default=1, ge=1, le=256)
+    #: a second, light endpoint for frequent scraping (GET /metrics and /stats served by the
+    #: coordinator itself, on ``host``; the same API key): 0 = none
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     #: serve a non-loopback ``host`` without an API key (logged as a WARNING)
     allow_unauthenticated: bool = False
     #: the bearer token every route but /healthz requires; env EMBEDCLUSTER_API_KEY overrides.

@@ -52,7 +52,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.embedder import Embedder, EmbeddingConfig
-from actors.logs import error_line, register_secret, scrub, setup_logging
+from actors.logs import error_line, register_secret, scrub, scrub_json, setup_logging
 from actors.sinks.base import SEARCH_MODES, SearchHit, UnsupportedSearch, open_sink
 from serve_apps import metrics as pipeline_metrics
 from serve_apps.query import (  # noqa: F401 - MAX_* re-exported: the API's limits
@@ -341,17 +341,6 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
     """One hit as the API returns it: a single-column key as a scalar, a composite one as a list."""
     key: Any = hit.key[0] if len(hit.key) == 1 else list(hit.key)
     return {"table": hit.table, "id": key, "score": hit.score, "payload": hit.payload}
-
-
-def scrub_json(value: Any) -> Any:
-    """``value`` with every string in it scrubbed of secrets (for /stats and /healthz)."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: scrub_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_json(v) for v in value]
-    return value
 
 
 #: how long the health check waits for the store

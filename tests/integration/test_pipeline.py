@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.support.churn import ChurnWriter
 from tests.support.harness import (
     REPO,
     free_port,
+    http_get,
     non_loopback_listeners,
     postmaster_pid,
     start_run,
@@ -82,7 +84,8 @@ def _search_options_run_in_the_store(app, books: str, kind: str) -> None:  # noq
 
 def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_settings: dict[str, Any], pg, tmp_path: Path) -> None:  # noqa: ANN001
     port = free_port()
-    config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
+    light = wait_for(lambda: (p := free_port()) != port and p, 5, "a second free port")
+    config = write_config(tmp_path / "ec.toml", books, port, sink_settings, extra=f"metrics_port = {light}")
     app = start_run(config, port, tmp_path / "run.log")
     try:
         # backfill: the eight pre-existing books are searchable; its progress says all 8 of 8 are written
@@ -167,6 +170,12 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
         # idle: the slot follows the server's position, lag drains to zero
         stats = wait_for(lambda: (s := app.stats())["lag_bytes"] == 0 and s, 15, "/stats to report zero lag")
         assert stats["state"] == "streaming" and stats["confirmed_lsn"] not in (None, "-")
+        # [serve] metrics_port: the same figures for frequent scraping, from the coordinator itself
+        status, direct = http_get(f"http://127.0.0.1:{light}/stats")
+        assert status == 200 and direct["rows_applied"] == stats["rows_applied"] and direct["state"] == "streaming"
+        with urllib.request.urlopen(f"http://127.0.0.1:{light}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        assert f"embedcluster_rows_applied {float(stats['rows_applied'])}" in text, text[:2000]
         # background WAL (e.g. running-xacts records) can put the server a few
         # bytes ahead for a moment; the slot follows it within a keepalive
         status = wait_for(
