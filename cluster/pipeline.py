@@ -165,7 +165,7 @@ class PipelineCoordinator:
         self.backfill_rows = 0
         self.backfill_total = info.get("backfill_total")
         self._backfill_since = time.monotonic()
-        self._backfill_took: float | None = None
+        self._backfill_took = None
         self.state = "backfilling"
         log.info("slot %s: backfill from snapshot at %s", self.slot, info.get("consistent_lsn"))
 

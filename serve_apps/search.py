@@ -6,10 +6,11 @@ Routes (the public HTTP API):
   "filter": {"year": {"gte": 1950}}, "score_threshold": 0.2, "mode": "dense"}``
   (all but ``q`` optional; ``serve_apps/query.py`` says what each accepts) ->
   ``{"query", "k", "mode", "results": [{"table", "id", "score", "payload"}],
-  "took_ms", "timings_ms": {"embed", "store"}}``, best first.
-  ``GET /search?q=TEXT&k=5`` takes the same as query parameters, ``filter``
-  as JSON.  Filters and ``table`` run inside the store.  A filter on a field that is not a payload column, an unknown table, or a
-  ``mode`` the sink cannot run (MySQL: only ``dense``) is a 400 naming it.
+  "took_ms", "timings_ms": {"embed", "model", "query_batch", "store"}}``, best
+  first.  ``GET /search?q=TEXT&k=5`` takes the same as query parameters,
+  ``filter`` as JSON.  Filters and ``table`` run inside the store.  A filter on
+  a field that is not a payload column, an unknown table, or a ``mode`` the
+  sink cannot run (MySQL: only ``dense``) is a 400 naming it.
 * ``GET /docs`` -> interactive API docs (Swagger UI, served from the installed
   package, never a CDN).
 * ``GET /healthz`` -> ``{"status": "ok"}`` once the pipeline is streaming
