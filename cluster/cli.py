@@ -75,6 +75,10 @@ def run_pipeline(config: Config, log_level: str, banner: Any = None) -> None:
         fail(f"the pipeline coordinator stopped: {exc}", code=1)
     finally:
         progress.close()
+    if stats is not None:
+        # a backfill that finished after the last look (or before the serving loop's first one,
+        # while the search app was still deploying) still gets its closing line
+        progress.update(stats)
     if stats is None:
         click.echo("error: clean stop failed (see the log above)", err=True)
         return
