@@ -32,12 +32,14 @@ integration: install
 install: system-deps $(STAMP)
 
 # PostgreSQL server binaries (initdb, pg_ctl) for the demo and tests, MariaDB for the MySQL sink tests,
-# Chromium for the search page's browser test (driven by Playwright, tests/integration/test_search_page.py).
+# Chromium for the search page's browser test (driven by Playwright, tests/integration/test_search_page.py),
+# iproute2 for the multi-node test's network namespace (tests/integration/test_multinode.py).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server-core mariadb-client-core"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

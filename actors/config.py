@@ -92,3 +92,15 @@ def mask_dsn(dsn: str) -> str:
         return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_custom_resources(value: dict[str, float], key: str) -> dict[str, float]:
+    """``value`` if it names custom Ray resources with positive amounts; ValueError naming ``key`` otherwise."""
+    for name, amount in value.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory") or not name.strip():
+            raise ValueError(f"{name!r} is not a custom resource: only those go in {key} (CPUs and GPUs "
+                             "have keys of their own: embedding.cpus_per_actor, embedding.gpus_per_actor)")
+        if not amount > 0:
+            raise ValueError(f"{name!r} = {amount}: a resource request must be above 0 (leave the name out "
+                             "to request none)")
+    return value

@@ -391,4 +391,6 @@ class Writer:
             "sink_unavailable_s": None if self.unavailable_since is None else round(time.monotonic() - self.unavailable_since, 1),
             "last_batch": self.last_seq,
             "last_commit_lsn": format_lsn(self.last_commit_lsn or None),
+            # the embedded store's syncs and index builds (benchmarks); other sinks have none
+            **({"store": self.sink.sync_stats()} if hasattr(self.sink, "sync_stats") else {}),
         }

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_pipeline import percentile
+from benchmarks.common import percentile
 from benchmarks.common import RESULTS_DIR, print_table, result_header, write_json
 
 DDL = "CREATE TABLE docs (id bigserial PRIMARY KEY, title text, body text)"

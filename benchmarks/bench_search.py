@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, plot_bars, print_table, result_header, write_json
+from benchmarks.common import RESULTS_DIR, percentile, plot_bars, print_table, result_header, write_json
 
 DEFAULT_OUT = RESULTS_DIR / "search.json"
 #: the issue's targets on this machine, concurrency 4
@@ -36,8 +36,8 @@ TARGET_P50_MS, TARGET_P99_MS = 25.0, 100.0
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))]
+    """The ``q``-th percentile (0-100) of ``values``."""
+    return percentile(values, q / 100)
 
 
 def _queries(n: int, seed: int = 5) -> list[str]:

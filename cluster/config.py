@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from actors.config import Section, mask_dsn
+from actors.config import Section, check_custom_resources, mask_dsn
 from actors.embedder import EmbeddingConfig
 from actors.sinks.mysql.config import MySQLSinkConfig
 from actors.sinks.qdrant.config import QdrantSinkConfig
@@ -61,6 +61,15 @@ class RayConfig(Section):
 
     address: str = ""
     num_cpus: int | None = Field(default=None, ge=1)
+    #: custom Ray resources the reader, the writer and the coordinator each request, such as
+    #: ``{"embedcluster_control": 0.01}``: they run only on nodes that declare them (the head of
+    #: ray-cluster.yaml), and a writer Ray restarts comes back there, beside its embedded store
+    control_resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("control_resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(value, "ray.control_resources")
 
 
 class PipelineConfig(Section):

@@ -48,11 +48,24 @@ class PipelineFailed(PipelineLost):
     A :class:`PipelineLost`, so the CLI exits non-zero as for that."""
 
 
+#: Ray Serve settings every worker gets unless the environment sets them: they take Serve's own CPU
+#: per search from about 19 to 14 ms on 2 cores (``benchmarks/bench_search.py``; 3,000 points, four
+#: clients: 81 -> 104 q/s, p50 49 -> 38 ms).  Handles and the HTTP proxy reach replicas over gRPC
+#: instead of passing each request and answer through Ray's object store, and the request path runs
+#: on the replica's and the handle's own event loop instead of hopping to a second thread (our
+#: handlers never block their loop: the model and the store run in threads or other actors).
+SERVE_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+
+
 def start_ray(address: str = "", num_cpus: int | None = None, env_vars: dict[str, str] | None = None,
               quiet: bool = False) -> None:
     """Join the Ray cluster at ``address``, or (``""``) start a private one on 127.0.0.1.
 
-    Every Ray worker gets the variables the model needs offline plus
+    Every Ray worker gets the variables the model needs offline, :data:`SERVE_ENV`, and
     ``env_vars``.  ``quiet`` keeps Ray's own logs out of the caller's output
     (benchmarks print tables).  A no-op when Ray is already up.
     """
@@ -61,7 +74,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, env_vars: dict[str
     if ray.is_initialized():
         return
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false",
-           **(env_vars or {})}
+           **{name: os.environ.get(name, value) for name, value in SERVE_ENV.items()}, **(env_vars or {})}
     options: dict[str, Any] = {"namespace": NAMESPACE, "runtime_env": {"env_vars": env}, "log_to_driver": not quiet}
     if quiet:
         options.update(logging_level="WARNING", configure_logging=True)
@@ -227,6 +240,29 @@ class RunningPipeline:
         return stats
 
 
+#: seconds the actors may wait for a node before the wait is logged (the autoscaler may be adding one)
+PLACEMENT_WARN_S = 30.0
+
+
+def _placed(refs: list[Any], emb: Any, control: dict[str, float]) -> list[Any]:
+    """``refs`` once ready; while actors wait for a node that offers what they request, say once
+    which of those resources no node of the cluster has now (an autoscaler may still add one)."""
+    import ray
+
+    _, pending = ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_WARN_S)
+    if pending:
+        have = ray.cluster_resources()
+        wanted = {**emb.resources, **control}
+        if emb.device == "cuda" and emb.gpus_per_actor:
+            wanted["GPU"] = emb.gpus_per_actor
+        missing = sorted(name for name in wanted if name not in have)
+        log.warning("actors of the pipeline are still waiting for a node after %.0f s%s", PLACEMENT_WARN_S,
+                    f"; no node offers {', '.join(missing)} now (embedding.resources, ray.control_resources: "
+                    "declare them with ray start --resources, or let the autoscaler add such a node)"
+                    if missing else "")
+    return refs
+
+
 def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str = "INFO") -> RunningPipeline:
     """Create reader, embedders, writer and coordinator; start streaming."""
     import ray
@@ -244,22 +280,29 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     cores = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = emb.device == "cuda" or (emb.device == "auto" and gpus > 0)
-    threads = emb.threads or max(1, cores // emb.actors)
+    # threads = 0: the cores shared out among the actors, but never more than one node has (the
+    # cluster's total counts every node's cores, and an actor's threads run on its own node)
+    node_cores = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=cores)
+    threads = emb.threads or max(1, min(cores // emb.actors, node_cores or cores))
     # Actors that die are restarted by Ray; the coordinator then replays from
     # the slot's confirmed position (calls in flight fail, none is retried blindly).
     embedders = [
         EmbeddingActor.options(
             name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
-            max_restarts=-1, runtime_env=embedding_runtime_env(),
+            max_restarts=-1, runtime_env=embedding_runtime_env(), resources=dict(emb.resources) or None,
             max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker, use_gpu),
         ).remote(emb, threads, log_level)
         for i in range(emb.actors)
     ]
-    writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1).remote(
+    # reader, writer and coordinator go where [ray] control_resources says (the head of ray-cluster.yaml):
+    # a restarted writer must come back to the node that holds the embedded store
+    control = dict(config.ray.control_resources) or None
+    writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1, resources=control).remote(
         config.sink, config.source.slot, log_level, config.pipeline.writer_retries(), payload_indexes(specs))
-    reader = CdcReaderActor.options(name="reader", max_restarts=-1).remote(config.source, specs, log_level)
+    reader = CdcReaderActor.options(name="reader", max_restarts=-1, resources=control).remote(
+        config.source, specs, log_level)
     try:
-        infos = ray.get([e.info.remote() for e in embedders])
+        infos = ray.get(_placed([e.info.remote() for e in embedders], emb, config.ray.control_resources))
         dimension = infos[0]["dimension"]
         ray.get(writer.open.remote(dimension))
     except Exception as exc:  # noqa: BLE001 - report the cause in one line
@@ -270,7 +313,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         "embedding pool: %d actor(s) on %s (%s), %d threads each (%d model worker(s)), dim %d",
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, infos[0]["workers"], dimension,
     )
-    pipeline = PipelineActor.options(name=PIPELINE_ACTOR).remote(config, reader, embedders, writer, dimension, log_level)
+    pipeline = PipelineActor.options(name=PIPELINE_ACTOR, resources=control).remote(config, reader, embedders, writer, dimension, log_level)
     try:
         ray.get(pipeline.start.remote())
     except Exception as exc:  # noqa: BLE001 - e.g. serve.metrics_port taken: one line
@@ -301,7 +344,10 @@ def deploy_search(config: Config, log_level: str = "INFO") -> str:
         log.warning("search app on %s answers WITHOUT an API key (serve.allow_unauthenticated = true): anyone who "
                     "can reach this address can search and read /stats; set [serve] api_key", where)
     quiet = {"log_level": "WARNING" if log_level != "DEBUG" else "DEBUG"}
-    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=quiet)
+    # one HTTP proxy, on the head node: the endpoint users reach (through SSH on a cloud cluster);
+    # a proxy on every node would also bind host:port on each of them
+    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port},
+                logging_config=quiet)
     embedder = QueryEmbedder.options(num_replicas=settings.embedding_replicas).bind(config.embedding, 1, log_level)
     app = SearchApp.options(num_replicas=settings.replicas).bind(
         embedder, config.sink, WRITER_ACTOR, PIPELINE_ACTOR, NAMESPACE, log_level, settings.api_key,

@@ -14,7 +14,6 @@ scrubbed from every string, errors as ``{"error": ...}``.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -24,21 +23,12 @@ from typing import Any, Callable
 
 from actors.logs import error_line, scrub, scrub_json
 from serve_apps import metrics
+from serve_apps.auth import bearer_token_ok
 
 log = logging.getLogger(__name__)
 
 #: how long a rendered answer is sent again before the figures are read anew (seconds)
 MAX_AGE_S = 0.25
-
-
-def bearer_ok(authorization: str | None, api_key: str) -> bool:
-    """Whether an ``Authorization`` header is ``Bearer <api_key>`` (scheme case-insensitive),
-    compared in constant time."""
-    if not authorization:
-        return False
-    scheme, _, token = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"),
-                                                              api_key.encode("utf-8"))
 
 
 class StatsExporter:
@@ -98,7 +88,7 @@ class StatsExporter:
         path = handler.path.split("?", 1)[0]
         if self._api_key is not None:
             given = handler.headers.get_all("Authorization") or []
-            if len(given) != 1 or not bearer_ok(given[0], self._api_key):
+            if len(given) != 1 or not bearer_token_ok(given[0], self._api_key):
                 self._error(handler, 401, "invalid API key" if given else
                             "this endpoint needs the API key: send 'Authorization: Bearer <key>' ([serve] api_key)",
                             {"WWW-Authenticate": 'Bearer error="invalid_token"' if given else "Bearer"})

@@ -542,3 +542,28 @@ def test_a_closed_sink_says_so(tmp_path: Path) -> None:
         s.count()
     with pytest.raises(SinkError, match="was closed"):
         s.upsert([_point(1)])
+
+
+def test_the_segment_cap_is_set_on_a_new_store_and_on_one_made_before_it(tmp_path: Path) -> None:
+    # without the cap every index build merged the newest points into one large segment and rebuilt
+    # its whole graph, so builds cost more as the store grew (benchmarks/bench_writer.py --large:
+    # 300,000 points 248 -> 147 s); Edge honours it only at scale (segments past its indexing threshold)
+    import json
+
+    s = EdgeSink(_config(tmp_path / "q"))
+    s.ensure_ready(DIM)
+    s.upsert([_point(i) for i in range(10)])
+    s.close()
+    config_file = tmp_path / "q" / "edge" / "unit" / "points" / "edge_config.json"
+    stored = json.loads(config_file.read_text())
+    assert stored["optimizers"]["max_segment_size"] == edge_module.optimizers(DIM).max_segment_size
+    stored["optimizers"]["max_segment_size"] = None  # what a store of the earlier version holds
+    config_file.write_text(json.dumps(stored))
+    s = EdgeSink(_config(tmp_path / "q"))
+    s.ensure_ready(DIM)
+    try:
+        assert s.count() == 10
+        kb = json.loads(config_file.read_text())["optimizers"]["max_segment_size"]
+        assert kb == edge_module.optimizers(DIM).max_segment_size == edge_module.MAX_SEGMENT_POINTS * DIM * 4 // 1024
+    finally:
+        s.close()

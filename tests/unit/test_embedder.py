@@ -437,3 +437,17 @@ def test_embedding_calls_trim_at_most_once_per_interval(embedder, monkeypatch):
     embedder._trimmed_at -= module.TRIM_INTERVAL_S
     embedder.embed(["three"])
     assert len(calls) == 2
+
+
+def test_the_null_model_gives_the_same_unit_vector_for_the_same_text_without_a_model():
+    from actors.embedder import NULL_MODEL, EmbeddingConfig, NullEmbedder, model_dimension
+
+    null = Embedder.from_config(EmbeddingConfig(model=NULL_MODEL))
+    assert isinstance(null, NullEmbedder) and model_dimension(NULL_MODEL) == null.dimension == DIM
+    vectors = null.embed(["a", "b", "a", ""])
+    assert vectors.shape == (4, DIM) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
+    assert np.array_equal(NullEmbedder().embed(["a"])[0], vectors[0])  # the same in every process
+    assert null.stats.texts == 4 and null.stats.unique_texts == 3
+    assert null.embed([]).shape == (0, DIM)

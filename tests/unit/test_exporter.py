@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from actors.logs import register_secret
-from serve_apps.exporter import StatsExporter, bearer_ok
+from serve_apps.auth import bearer_token_ok
+from serve_apps.exporter import StatsExporter
 
 KEY = "exp-0123456789abcdef0123"
 
@@ -97,9 +98,9 @@ def test_a_taken_port_is_an_error_to_report():
 
 
 def test_bearer_comparison():
-    assert bearer_ok(f"Bearer {KEY}", KEY) and bearer_ok(f"bearer  {KEY} ", KEY)
-    assert not bearer_ok(None, KEY) and not bearer_ok(KEY, KEY) and not bearer_ok(f"Basic {KEY}", KEY)
-    assert not bearer_ok("Bearer \udcff", KEY)  # any header byte: refused, not an error
+    assert bearer_token_ok(f"Bearer {KEY}", KEY) and bearer_token_ok(f"bearer  {KEY} ", KEY)
+    assert not bearer_token_ok(None, KEY) and not bearer_token_ok(KEY, KEY) and not bearer_token_ok(f"Basic {KEY}", KEY)
+    assert not bearer_token_ok("Bearer \udcff", KEY)  # any header byte: refused, not an error
 
 
 def test_an_answer_is_rendered_at_most_every_max_age(exporter):

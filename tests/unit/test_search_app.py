@@ -244,8 +244,10 @@ def test_odd_authorization_headers_are_refused_not_errors(client):
 
 def test_key_is_compared_in_constant_time(monkeypatch):
     calls = []
-    real = search.hmac.compare_digest
-    monkeypatch.setattr(search.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    from serve_apps import auth
+
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
     assert bearer_token_ok(f"Bearer {KEY}".encode(), KEY)
     assert not bearer_token_ok(f"Bearer {WRONG}".encode(), KEY)
     assert calls == [(KEY.encode(), KEY.encode()), (WRONG.encode(), KEY.encode())]

@@ -57,7 +57,9 @@ Index: Edge builds HNSW only when ``optimize()`` runs, which blocks and holds
 the GIL.  The sink runs it inside a write call once :data:`INDEX_AFTER_POINTS`
 points were upserted since the last build (``optimize()`` is public too, for
 a caller that knows a quiet moment); until then the newest points are
-searched exactly, which is cheap at that size.
+searched exactly, which is cheap at that size.  Segments are capped
+(:data:`MAX_SEGMENT_POINTS`), so a build costs the same however large the
+store is.
 
 ``sink.path = ":memory:"``: the same Edge store in a temporary directory,
 without WAL, syncs or checkpoints, deleted on close: NOT durable (benchmarks).
@@ -110,6 +112,15 @@ LOCK_POLL_S = 0.25
 CHECKPOINT_S = 5.0
 #: points upserted since the last index build after which a write call runs ``optimize()``
 INDEX_AFTER_POINTS = 50_000
+#: the most points one segment of the store takes (Edge's ``max_segment_size``, in KB of dense vectors).
+#: Edge's own default lets segments grow to about 256 MB per CPU, and every index build merged the
+#: newest points into one large segment and rebuilt its whole HNSW graph, so builds cost more as the
+#: store grew (45 s per 50,000 points at 300,000; a 1M backfill would have taken about an hour).  With
+#: the cap a build indexes the newest :data:`INDEX_AFTER_POINTS` points as a segment of their own (two
+#: of those do not fit under the cap, so they stay apart): about 17 s per build at 1M points as at
+#: 100,000 on 2 cores.  A search visits one graph per segment: 20 at 1M, p50 8.9 ms, recall@10 0.995
+#: (benchmarks/results/writer_edge_1m.json).
+MAX_SEGMENT_POINTS = 100_000
 #: HNSW candidate list of a dense search (None: Edge's default); see benchmarks/bench_writer.py --large
 SEARCH_HNSW_EF: int | None = None
 #: reciprocal rank fusion's k (Cormack et al.): 1 / (k + rank) per list
@@ -131,6 +142,11 @@ _INDEX_SCHEMAS = {
 #: lock files held by this process (a second sink here gets its own message)
 _HELD: set[str] = set()
 _HELD_LOCK = threading.Lock()
+
+
+def optimizers(dimension: int) -> qe.EdgeOptimizersConfig:
+    """Edge's optimizer settings for a store of ``dimension``-d float32 vectors (see MAX_SEGMENT_POINTS)."""
+    return qe.EdgeOptimizersConfig(max_segment_size=max(1, MAX_SEGMENT_POINTS * dimension * 4 // 1024))
 
 
 def legacy_store(root: Path) -> str | None:
@@ -356,14 +372,16 @@ class EdgeSink(VectorSink):
             sparse = {BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
             if self.points.shard is None:
                 self.points.shard = qe.EdgeShard.create(str(self.points.path), qe.EdgeConfig(
-                    vectors=wanted, sparse_vectors=sparse, wal_enabled=not self.memory))
+                    vectors=wanted, sparse_vectors=sparse, optimizers=optimizers(dimension),
+                    wal_enabled=not self.memory))
                 log.info("created Qdrant Edge store %s (%d-d, cosine, BM25)", self.points.path, dimension)
             elif self.dimension != dimension:
-                # Edge checks the vectors of a config given to load against the stored segments
+                # Edge checks the vectors of a config given to load against the stored segments; the
+                # optimizer settings given here replace the stored ones (a store made before the cap)
                 self.points.close()
                 try:
                     self.points.shard = qe.EdgeShard.load(str(self.points.path), qe.EdgeConfig(
-                        vectors=wanted, sparse_vectors=sparse))
+                        vectors=wanted, sparse_vectors=sparse, optimizers=optimizers(dimension)))
                 except Exception as exc:  # noqa: BLE001 - incompatible config, or unreadable
                     self.points.shard = self._load(self.points.path)
                     text = _line(exc)
