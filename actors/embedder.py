@@ -95,16 +95,16 @@ class EmbeddingConfig(Section):
     #: actors are placed only on nodes that declare them (``ray start --resources``, a node type's
     #: ``resources`` in ray-cluster.yaml) and the autoscaler adds such nodes when they are short
     resources: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("resources")
-    @classmethod
-    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
-        return check_custom_resources(value, "embedding.resources")
     #: "auto" = fp16 on CUDA; on CPU bf16 where the CPU has native bf16
     #: (AVX512-BF16 / AMX), else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_length: int = Field(default=0, ge=0, le=8192)  # 0 = the model's own limit
     compile: bool = False
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(value, "embedding.resources")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -76,11 +76,23 @@ class Truncate:
 
 
 @dataclass(slots=True)
+class LogicalMessage:
+    """``pg_logical_emit_message(transactional, prefix, content)`` ('M', PostgreSQL 14+, sent with the
+    ``messages`` option): a transactional one arrives at its transaction's place in commit order,
+    which is what a backfill's watermarks need (actors/watermark.py)."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
+@dataclass(slots=True)
 class Ignored:
     tag: str
 
 
-Message = Union[Begin, Commit, Relation, RowChange, Truncate, Ignored]
+Message = Union[Begin, Commit, Relation, RowChange, Truncate, LogicalMessage, Ignored]
 
 
 class ProtocolError(ValueError):
@@ -255,7 +267,17 @@ class PgOutputDecoder:
             nrels = r.int32()
             r.int8()  # options (cascade / restart identity)
             return Truncate([self._relation(r.uint32()) for _ in range(nrels)])
-        # 'O' origin, 'Y' type, 'M' message: nothing to apply
+        if tag == "M":
+            # no xid: it is sent only inside streamed transactions (proto_version 2+), never asked for here
+            flags = r.int8()
+            (lsn,) = r.take(">Q")
+            prefix = r.cstring()
+            size = r.int32()
+            if size < 0 or r.pos + size > len(r.buf):
+                raise ProtocolError("message truncated")
+            content = r.buf[r.pos : r.pos + size]
+            return LogicalMessage(bool(flags & 1), lsn, prefix, content)
+        # 'O' origin, 'Y' type: nothing to apply
         return Ignored(tag)
 
     def _relation(self, relid: int) -> Relation:

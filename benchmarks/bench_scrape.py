@@ -8,6 +8,12 @@ costs the pipeline nothing it would notice).  Cases: nobody watching; the search
 ``/metrics`` and ``/stats`` (through Ray Serve); the same two from ``[serve] metrics_port`` (served by
 the coordinator itself).  They are interleaved within each trial, warm-up excluded; the result is
 each watched case's median rows/s over the unwatched one.
+
+Throughput differences of 1-3 % are within this machine's run-to-run noise, so the run also measures
+what the scraping itself costs in CPU: with nothing written, ``--idle-seconds`` of each case
+(interleaved, ``--idle-trials`` times), the whole machine's busy CPU time from ``/proc/stat`` over
+that of nobody watching.  That share of the cores is what a CPU-bound pipeline loses to the scraper
+(the scraping client, on this machine, is counted too: it is part of watching).
 """
 
 from __future__ import annotations
@@ -59,6 +65,48 @@ class Scraper(threading.Thread):
         self.join(timeout=30)
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds every core of this machine spent busy so far (``/proc/stat``: all but idle and iowait)."""
+    import os
+
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cost(urls: dict[str, str], hz: float, seconds: float, trials: int) -> dict[str, Any]:
+    """Busy CPU while each case scrapes an idle pipeline, over nobody watching (see the module docstring)."""
+    import os
+
+    from benchmarks.common import percentile, usable_cores
+
+    busy: dict[str, list[float]] = {c: [] for c in CASES}
+    done: dict[str, int] = {c: 0 for c in CASES}
+    for trial in range(trials):
+        for case in CASES if trial % 2 == 0 else tuple(reversed(CASES)):
+            scraper = Scraper(urls[case], hz) if case != "none" else None
+            if scraper is not None:
+                scraper.start()
+            before, started = _busy_cpu_s(), time.monotonic()
+            time.sleep(seconds)  # a fixed window is the measurement itself, not a wait for a condition
+            busy[case].append((_busy_cpu_s() - before) / (time.monotonic() - started))
+            if scraper is not None:
+                scraper.stop()
+                done[case] += scraper.ok
+    cores = usable_cores() or os.cpu_count() or 1
+    base = percentile(busy["none"], 0.5)
+    out: dict[str, Any] = {"seconds_per_case": seconds, "trials": trials, "cores": cores,
+                           "busy_cores_none": round(base, 4), "cases": {}}
+    for case in CASES[1:]:
+        extra = percentile(busy[case], 0.5) - base
+        per_scrape = extra * seconds * trials / max(1, done[case])
+        out["cases"][case] = {"busy_cores": round(percentile(busy[case], 0.5), 4),
+                              "share_of_machine": round(extra / cores, 4),
+                              "cpu_ms_per_scrape": round(1000 * per_scrape, 2)}
+    return out
+
+
 def _burst(setup: Any, rows: int) -> float:
     """Rows/s from the commit of ``rows`` rows until the slot confirms them."""
     started = time.monotonic()
@@ -81,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="length of each idle CPU case")
+    parser.add_argument("--idle-trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -119,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         seen["failed"] += scraper.failed
                         seen["latencies"] += scraper.latencies
             print(f"  trial {trial + 1}: " + "  ".join(f"{c} {rates[c][-1]:.0f} rows/s" for c in CASES), flush=True)
+        idle = _idle_cost(urls, args.hz, args.idle_seconds, args.idle_trials)
     finally:
         setup.close()
 
@@ -136,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "scrapes": {c: {"ok": s["ok"], "failed": s["failed"],
                         "p50_ms": round(statistics.median(s["latencies"]), 2) if s["latencies"] else None}
                     for c, s in scrapes.items()},
+        "idle_cpu": idle,
         "target": "cost under 0.02",
     }
     write_json(args.out, result)
@@ -143,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
               f"burst of {args.rows} rows: rows/s while scraped at {args.hz:g} Hz (median of {args.trials}; "
               "whiskers min/max)", list(CASES), {"rows/s": [medians[c] for c in CASES]}, "rows/s",
               errors={"rows/s": [(min(rates[c]), max(rates[c])) for c in CASES]})
-    print_table(f"watching the pipeline at {args.hz:g} Hz", ["case", "rows/s (median)", "cost"],
-                [[c, round(medians[c], 1), f"{100 * cost.get(c, 0):.1f} %"] for c in CASES])
+    print_table(f"watching the pipeline at {args.hz:g} Hz", ["case", "rows/s (median)", "cost",
+                                                           "CPU share (idle)", "CPU ms / scrape"],
+                [[c, round(medians[c], 1), f"{100 * cost.get(c, 0):.1f} %",
+                  f"{100 * idle['cases'][c]['share_of_machine']:.2f} %" if c != "none" else "",
+                  idle["cases"][c]["cpu_ms_per_scrape"] if c != "none" else ""] for c in CASES])
     return 0
 
 

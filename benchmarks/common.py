@@ -78,10 +78,28 @@ def load_average() -> list[float] | None:
         return None
 
 
+#: CPU features that change these figures two-fold between machines (vector width, native bf16)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` this CPU has (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
     """Hostname-free description of the machine and the software stack."""
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cores": usable_cores(),
         "logical_cpus": os.cpu_count(),
         "ram_gib": _ram_gib(),

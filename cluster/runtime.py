@@ -48,12 +48,13 @@ class PipelineFailed(PipelineLost):
     A :class:`PipelineLost`, so the CLI exits non-zero as for that."""
 
 
-#: Ray Serve settings every worker gets unless the environment sets them: they take Serve's own CPU
-#: per search from about 19 to 14 ms on 2 cores (``benchmarks/bench_search.py``; 3,000 points, four
-#: clients: 81 -> 104 q/s, p50 49 -> 38 ms).  Handles and the HTTP proxy reach replicas over gRPC
-#: instead of passing each request and answer through Ray's object store, and the request path runs
-#: on the replica's and the handle's own event loop instead of hopping to a second thread (our
-#: handlers never block their loop: the model and the store run in threads or other actors).
+#: Ray Serve settings every worker gets unless the environment sets them (``benchmarks/bench_search.py``
+#: over 3,000 points, four clients: 81 -> 104 q/s, p50 49 -> 38 ms on 2 cores).  Handles and the HTTP
+#: proxy reach replicas over gRPC instead of passing each request and answer through Ray's object
+#: store, and the request path runs on the replica's and the handle's own event loop instead of
+#: hopping to a second thread.  The front's handlers never block that loop (the store runs in a
+#: thread or in the writer); the query model blocks its replica's loop during a pass, on purpose
+#: (``serve_apps/search.py: QueryEmbedder.embed``).
 SERVE_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -302,7 +303,9 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     reader = CdcReaderActor.options(name="reader", max_restarts=-1, resources=control).remote(
         config.source, specs, log_level)
     try:
-        infos = ray.get(_placed([e.info.remote() for e in embedders], emb, config.ray.control_resources))
+        # the reader and the writer too: a control resource no node offers would leave them waiting
+        placed = [e.info.remote() for e in embedders] + [writer.__ray_ready__.remote(), reader.__ray_ready__.remote()]
+        infos = ray.get(_placed(placed, emb, config.ray.control_resources))[: len(embedders)]
         dimension = infos[0]["dimension"]
         ray.get(writer.open.remote(dimension))
     except Exception as exc:  # noqa: BLE001 - report the cause in one line

@@ -55,7 +55,7 @@ from actors.embedder import NULL_MODEL, Embedder, EmbeddingConfig, NullEmbedder
 from actors.logs import error_line, register_secret, scrub, scrub_json, setup_logging
 from actors.sinks.base import SEARCH_MODES, SearchHit, UnsupportedSearch, open_sink
 from serve_apps import metrics as pipeline_metrics
-from serve_apps.auth import bearer_token_ok  # noqa: F401 - re-exported (tests, older imports)
+from serve_apps.auth import bearer_token_ok
 from serve_apps.query import (  # noqa: F401 - MAX_* re-exported: the API's limits
     MAX_FILTER_FIELDS, MAX_K, MAX_QUERY_CHARS, SearchRequest, parse_json_body, parse_params,
 )

@@ -528,3 +528,15 @@ def test_filterable_columns_must_be_payload_columns(tmp_path):
     error = load_error(write(tmp_path, bad))
     assert "tables" in error and "filterable" in error and "'isbn'" in error and "add it to payload" in error
     assert "\n" not in error.strip()
+
+
+def test_custom_resources_for_the_embedding_and_control_actors(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), environ={})
+    assert config.embedding.resources == {} and config.ray.control_resources == {}  # anywhere by default
+    text = MINIMAL + "\n[embedding]\nresources = {embedcluster_gpu = 1}\n[ray]\ncontrol_resources = {head = 0.01}\n"
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.embedding.resources == {"embedcluster_gpu": 1.0} and config.ray.control_resources == {"head": 0.01}
+    gpu = load_error(write(tmp_path, MINIMAL + "\n[embedding]\nresources = {GPU = 1}\n"))
+    assert "embedding.resources" in gpu and "gpus_per_actor" in gpu and "\n" not in gpu
+    zero = load_error(write(tmp_path, MINIMAL + "\n[ray]\ncontrol_resources = {head = 0}\n"))
+    assert "ray.control_resources" in zero and "above 0" in zero

@@ -299,7 +299,7 @@ def test_truncate_unknown_relation_raises():
 # -- other tags -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tag", [b"O", b"Y", b"M"])
+@pytest.mark.parametrize("tag", [b"O", b"Y"])
 def test_other_messages_are_ignored(tag):
     msg = PgOutputDecoder().decode(tag + b"\x00" * 12)
     assert msg == Ignored(tag.decode())
@@ -487,3 +487,18 @@ def test_standby_status_layout(reply):
     written, flushed, applied, clock, flag = struct.unpack(">QQQqB", out[1:])
     assert (written, flushed, applied, clock) == (0x1_0000_0010, 0x1_0000_0008, 0x1_0000_0004, 7_000_000_123)
     assert flag == (1 if reply else 0)
+
+
+def logical_message(prefix: str, content: bytes, lsn: int = 0x16B3748, transactional: bool = True) -> bytes:
+    return (b"M" + struct.pack(">bQ", 1 if transactional else 0, lsn) + cstr(prefix)
+            + struct.pack(">i", len(content)) + content)
+
+
+def test_logical_message_carries_prefix_content_and_lsn(decoder):
+    from actors.pgoutput import LogicalMessage
+
+    msg = decoder.decode(logical_message("embedcluster.watermark", b'{"kind":"low"}\x00tail'))
+    assert msg == LogicalMessage(True, 0x16B3748, "embedcluster.watermark", b'{"kind":"low"}\x00tail')
+    assert decoder.decode(logical_message("other", b"", transactional=False)).transactional is False
+    with pytest.raises(ProtocolError):
+        decoder.decode(logical_message("p", b"abc")[:-1])  # the content cut short
