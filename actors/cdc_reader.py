@@ -38,12 +38,14 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import pq
 
+from actors.backfill import ChunkDone, ChunkedBackfill, new_plan, plan_fraction, plan_ranges, request_backfill
 from actors.changes import Change, ChangeBatch, format_lsn, parse_lsn, point_id, text_hash
 from actors.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     Commit,
     Keepalive,
+    LogicalMessage,
     PgOutputDecoder,
     Relation,
     RowChange,
@@ -64,6 +66,7 @@ from actors.source_schema import (
     slot_holder,
 )
 from actors.source_config import SourceConfig
+from actors.watermark import parse_signal, parse_watermark
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,15 @@ class PgChangeSource:
         self._side: psycopg.Connection | None = None  # fetches unchanged TOAST values
         self._snapshot_conn: psycopg.Connection | None = None
         self._backfill: Iterator[list[Change]] | None = None
+        # the chunked backfill running beside the stream (backfill_mode = "chunks"), and the
+        # chunk rows (and ChunkDone marks) its high watermarks released, handed out first
+        self._chunks: ChunkedBackfill | None = None
+        self._pending: collections.deque[Change | ChunkDone] = collections.deque()
+        # what the batch being read hands out of the chunked backfill
+        self._batch_plan: dict[str, Any] | None = None
+        self._batch_chunk_rows = 0
+        self._batch_complete = False
+        self._batch_begin: dict[str, Any] | None = None
         self._streaming = False
         self._decoder = PgOutputDecoder()
         self._seq = 0
@@ -249,17 +261,25 @@ class PgChangeSource:
             "identity": {"system_id": system_id, "database": database, "slot": self.slot},
         }
 
-    def start(self, backfill: bool) -> dict[str, Any]:
-        """Prepare publication and slot; with ``backfill`` start from a fresh snapshot.
+    def start(self, backfill: bool, plan: dict[str, Any] | None = None,
+              tables: list[str] | None = None) -> dict[str, Any]:
+        """Prepare publication and slot; with ``backfill`` index the tables' rows afresh.
 
-        ``backfill=True`` drops any existing slot and creates a new one whose
-        exported snapshot is read before streaming starts.  ``False`` resumes
-        streaming from the existing slot's confirmed position.
+        ``backfill=True`` drops any existing slot and creates a new one.  With
+        ``[source] backfill_mode = "snapshot"`` the slot's exported snapshot is
+        read before streaming starts; with ``"chunks"`` (the default) the rows
+        are read in key chunks while the stream runs (``actors/backfill.py``).
+        ``False`` resumes streaming from the existing slot's confirmed position;
+        with ``plan`` (the chunked backfill's document the writer stored) the
+        backfill goes on from its first chunk not done (an empty one: a new
+        plan over ``tables``, all of them when None).
         """
         dsn, masked = self.source.dsn_value, self.source.dsn_masked
-        if self._repl is not None or self._side is not None or self._snapshot_conn is not None:
+        if (self._repl is not None or self._side is not None or self._snapshot_conn is not None
+                or self._chunks is not None):
             self.close()  # a start without the close of a failed attempt: nothing of it is reused
         self._emitted.clear()
+        self._pending.clear()
         self._halt = None
         with connect(dsn, masked, autocommit=True) as conn:
             ensure_publication(conn, self.source.publication, list(self.specs))
@@ -270,9 +290,20 @@ class PgChangeSource:
         self._status_interval = self._status_interval_of_connection()
         info: dict[str, Any] = {"slot": self.slot, "backfill": backfill}
         if not backfill:
+            if plan is not None:
+                return self._start_chunks(info, plan or None, tables)
             self._start_streaming()
             return info
         self._wait_until_free(self._drop_slot_if_exists)
+        if self.source.backfill_mode == "chunks":
+            # No snapshot: the chunks read later agree with the stream by their watermarks.
+            res = self._simple(f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput NOEXPORT_SNAPSHOT')
+            self._slot_known = True
+            consistent = parse_lsn(res.get_value(0, 1).decode())
+            info["consistent_lsn"] = format_lsn(consistent)
+            log.info("slot %s created at %s; backfilling %s in key chunks (%d reader(s))", self.slot,
+                     format_lsn(consistent), ", ".join(self.specs), self.source.backfill_readers)
+            return self._start_chunks(info, None)
         res = self._simple(f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
         self._slot_known = True
         consistent = parse_lsn(res.get_value(0, 1).decode())
@@ -283,11 +314,76 @@ class PgChangeSource:
         self._snapshot_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         self._snapshot_conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         self._safe_lsn = consistent or 0
-        info["backfill_total"] = self._backfill_total()
+        info["backfill_total"] = self._backfill_total(self._snapshot_conn)
         self._backfill = self._backfill_chunks()
         info["consistent_lsn"] = format_lsn(consistent)
         log.info("slot %s created at %s; backfilling %s", self.slot, format_lsn(consistent), ", ".join(self.specs))
         return info
+
+    def _start_chunks(self, info: dict[str, Any], plan: dict[str, Any] | None,
+                      tables: list[str] | None = None) -> dict[str, Any]:
+        """Stream the slot, and read tables in chunks beside it (a new ``plan`` over ``tables``
+        when None)."""
+        assert self._side is not None
+        try:
+            if plan is None:
+                plan = new_plan(self._ranges(tables or list(self.specs)))
+            info["backfill_total"] = self._backfill_total(self._side, list(plan["tables"]))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise _no_read_privilege(exc) from None
+        info["plan"] = plan
+        self._chunks = self._new_chunks(plan)
+        # streaming first: every watermark a reader writes is then in this stream
+        self._start_streaming()
+        # (a plan with every range done, resumed right before its completion was stored,
+        # completes with the first batch: see _read_stream)
+        self._chunks.start()
+        if plan.get("rows"):
+            log.info("slot %s: backfill resumes after %d rows (%.0f %% of the key ranges done)", self.slot,
+                     plan["rows"], 100 * plan_fraction(plan))
+        return info
+
+    def _ranges(self, tables: list[str]) -> dict[str, list[tuple[str | None, str | None]]]:
+        assert self._side is not None
+        return {t: plan_ranges(self._side, self.specs[t], self.source.backfill_readers) for t in tables}
+
+    def _new_chunks(self, plan: dict[str, Any]) -> ChunkedBackfill:
+        dsn, masked = self.source.dsn_value, self.source.dsn_masked
+        return ChunkedBackfill(self.specs, plan, self.source.backfill_readers, self.source.backfill_chunk,
+                               lambda: connect(dsn, masked, autocommit=True), self.slot)
+
+    def _signalled(self, tables: list[str]) -> None:
+        """A backfill request reached the stream (lock held): its chunks start from here."""
+        unknown = [t for t in tables if t not in self.specs]
+        wanted = [t for t in (tables or list(self.specs)) if t in self.specs]
+        if unknown:
+            log.warning("slot %s: a backfill request names tables this pipeline does not follow: %s (ignored)",
+                        self.slot, ", ".join(unknown))
+        if self._chunks is not None:
+            wanted = [t for t in wanted if t not in self._chunks.tables]
+        if not wanted:
+            return
+        try:
+            ranges = self._ranges(wanted)
+            total = self._backfill_total(self._side, wanted)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise _no_read_privilege(exc) from None
+        # What this reader emitted before is not what the new generation's points hold:
+        # no shortcut may rest on it (a skipped update would keep a point of the old one).
+        self._emitted.clear()
+        if self._chunks is None:
+            self._chunks = self._new_chunks(new_plan(ranges))
+            self._chunks.start()
+        else:
+            self._chunks.add_tables(ranges)
+        begun = self._batch_begin or {"tables": [], "total": {"rows": 0, "estimate": False}}
+        self._batch_begin = {
+            "tables": sorted(set(begun["tables"]) | set(wanted)),
+            "total": {"rows": begun["total"]["rows"] + total["rows"],
+                      "estimate": begun["total"]["estimate"] or total["estimate"]},
+        }
+        log.info("slot %s: backfilling %s again, in key chunks beside the stream (requested in the WAL)",
+                 self.slot, ", ".join(wanted))
 
     def _drop_slot_if_exists(self) -> None:
         with connect(self.source.dsn_value, self.source.dsn_masked, autocommit=True) as conn:
@@ -366,6 +462,13 @@ class PgChangeSource:
 
     def _start_streaming(self) -> None:
         options = f"proto_version '1', publication_names '{self.source.publication}'"
+        assert self._repl is not None
+        if self._repl.info.server_version >= 140000:
+            # logical messages: the chunked backfill's watermarks and backfill requests
+            options += ", messages 'true'"
+        elif self._chunks is not None:
+            raise SourceFatal("the chunked backfill needs PostgreSQL 14 or later (logical decoding messages); "
+                              "set [source] backfill_mode = \"snapshot\"")
         # not under the lock: nothing else uses the connection until _streaming is set
         self._wait_until_free(lambda: self._simple(f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})'))
         self._slot_known = True
@@ -464,19 +567,20 @@ class PgChangeSource:
 
     # -- backfill -----------------------------------------------------------------
 
-    def _backfill_total(self) -> dict[str, Any]:
-        """Rows the snapshot holds, for progress: ``{"rows": N, "estimate": bool}``.
+    def _backfill_total(self, conn: psycopg.Connection, tables: list[str] | None = None) -> dict[str, Any]:
+        """Rows to backfill, for progress: ``{"rows": N, "estimate": bool}``.
 
-        Counted exactly in the snapshot itself when the planner's statistics (``reltuples``
-        of every leaf partition) say the tables are small; above :data:`EXACT_COUNT_BELOW`
-        rows a count would scan them once more before the backfill reads them, so the
-        statistics are the total (an estimate, as ``status`` says).
+        Counted exactly (in the snapshot itself, when there is one) when the planner's
+        statistics (``reltuples`` of every leaf partition) say the tables are small; above
+        :data:`EXACT_COUNT_BELOW` rows a count would scan them once more before the
+        backfill reads them, so the statistics are the total (an estimate, as ``status``
+        says).
         """
-        assert self._snapshot_conn is not None
+        specs = [self.specs[t] for t in tables] if tables is not None else list(self.specs.values())
         estimate = 0.0
-        for spec in self.specs.values():
+        for spec in specs:
             # reltuples is -1 for a table never vacuumed or analysed: counted as 0, so it is counted exactly
-            row = self._snapshot_conn.execute(
+            row = conn.execute(
                 "SELECT sum(greatest(c.reltuples, 0)) FROM pg_partition_tree(%s::regclass) p "
                 "JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf",
                 (spec.quoted_table,),
@@ -485,8 +589,8 @@ class PgChangeSource:
         if estimate >= EXACT_COUNT_BELOW:
             return {"rows": int(estimate), "estimate": True}
         total = sum(
-            self._snapshot_conn.execute(f"SELECT count(*) FROM {spec.quoted_table}").fetchone()[0]
-            for spec in self.specs.values()
+            conn.execute(f"SELECT count(*) FROM {spec.quoted_table}").fetchone()[0]
+            for spec in specs
         )
         return {"rows": total, "estimate": False}
 
@@ -581,16 +685,48 @@ class PgChangeSource:
                 raise
         changes: list[Change] = []
         self._deferred, self._deferred_keys = [], set()  # what a failed read left is gone with it
+        self._batch_plan, self._batch_chunk_rows, self._batch_complete = None, 0, False
+        self._batch_begin = None
+        if self._chunks is not None:
+            self._chunks.check()
         with self._lock:  # released while waiting on the socket (_wait_readable)
             self._stream_into(changes, max_changes, deadline)
         if self._halt is not None and not changes:
             raise self._halt
         # (without the lock: only the side connection, and it may take a while)
         self._resolve_deferred(changes)
+        if self._chunks is not None and self._chunks.finished and not self._pending:
+            # The last chunk is in this batch (or an earlier one): once this batch is
+            # written, every row the backfill read is, and the writer completes it.
+            self._chunks.close()
+            self._chunks = None
+            self._batch_complete = True
+            log.info("slot %s: backfill read every chunk", self.slot)
         # the last commit completed while this batch was read (pgoutput: microseconds since 2000-01-01)
         commit_ts, self._commit_ts = self._commit_ts, None
         commit_time = (commit_ts + _PG_EPOCH_US) / 1e6 if commit_ts is not None else None
-        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream", commit_time=commit_time)
+        return ChangeBatch(self._seq, changes, ack_lsn=self._safe_lsn or None, phase="stream", commit_time=commit_time,
+                           snapshot_complete=self._batch_complete, backfill=self._batch_plan,
+                           backfill_rows=self._batch_chunk_rows, backfill_begin=self._batch_begin)
+
+    def _hand_out_chunks(self, changes: list[Change], max_changes: int) -> None:
+        """Move released chunk rows into the batch (up to ``max_changes``), in order, and the
+        plan past each chunk whose last row is in it (lock held)."""
+        pending = self._pending
+        while pending and (len(changes) < max_changes or type(pending[0]) is ChunkDone):
+            item = pending.popleft()
+            if type(item) is ChunkDone:
+                assert self._chunks is not None
+                self._batch_plan = self._chunks.handed_out(item)
+                self._batch_chunk_rows += item.rows
+                continue
+            ck = _cache_key(item.table, item.key)
+            if item.op == "delete" or (self._deferred_keys and ck in self._deferred_keys):
+                # gone, or an earlier change of the key is still being rendered: no shortcut
+                self._forget(ck)
+            else:
+                self._remember(ck, item.text or "", item.payload)
+            changes.append(item)
 
     def _wait_readable(self, sock: int, seconds: float) -> bool:
         """Whether the socket has data within ``seconds``; waits without the lock, so an
@@ -611,6 +747,10 @@ class PgChangeSource:
         pgconn = self._repl.pgconn
         sock = pgconn.socket
         while len(changes) < max_changes and self._halt is None:
+            if self._pending:
+                # chunk rows released at a high watermark go first: the stream after it waits
+                self._hand_out_chunks(changes, max_changes)
+                continue
             nbytes, data = pgconn.get_copy_data(1)
             if nbytes == 0:
                 self._maybe_send_status()
@@ -667,10 +807,26 @@ class PgChangeSource:
             self._commit_ts = event.commit_ts
         elif isinstance(event, RowChange):
             self._row_change(event, out)
+        elif isinstance(event, LogicalMessage):
+            wanted = parse_signal(event.prefix, event.content, self.slot)
+            if wanted is not None:
+                self._signalled(wanted)
+            elif self._chunks is not None:
+                mark = parse_watermark(event.prefix, event.content)
+                released = self._chunks.watermark(*mark) if mark is not None else None
+                if released is not None:
+                    rows, done = released
+                    if done.recheck:
+                        rows = self._recheck(rows, done.recheck)
+                    # here, in commit order: what the stream changed inside the window is not among them
+                    self._pending.extend(rows)
+                    self._pending.append(done)
         elif isinstance(event, Truncate):
             for rel in event.relations:
                 spec = self._watch.spec_for(rel)
                 if spec is not None:
+                    if self._chunks is not None:
+                        self._chunks.truncated(spec.name)
                     out.append(Change("truncate", spec.name, (), lsn=self._txn_commit_lsn))
                     self._resolve_deferred(out)  # before forgetting what they emitted
                     self._emitted.clear()
@@ -694,6 +850,8 @@ class PgChangeSource:
             old_key = spec.key_of(event.old)
             if None in old_key:
                 raise _unknown_key(spec, event)
+            if self._chunks is not None:
+                self._chunks.changed(spec.name, old_key)
             self._forget(_cache_key(spec.name, old_key))
             out.append(Change("delete", spec.name, old_key, lsn=lsn))
             return
@@ -705,9 +863,13 @@ class PgChangeSource:
         key = spec.key_of(row)
         if None in key:
             raise _unknown_key(spec, event)
+        if self._chunks is not None:
+            self._chunks.changed(spec.name, key)
         if event.kind == "U" and event.old is not None:
             old_key = spec.key_of(event.old)
             if old_key != key and all(v is not None for v in old_key):
+                if self._chunks is not None:
+                    self._chunks.changed(spec.name, old_key)
                 self._forget(_cache_key(spec.name, old_key))
                 out.append(Change("delete", spec.name, old_key, lsn=lsn))  # primary key changed
         ck = _cache_key(spec.name, key)
@@ -836,6 +998,35 @@ class PgChangeSource:
         if gone:
             out[:] = [c for c in out if id(c) not in gone]
 
+    def _recheck(self, rows: list[Change], keys: frozenset[tuple[Any, ...]]) -> list[Change]:
+        """Chunk rows whose version another transaction had marked, read again now.
+
+        The current row is at least as new as that transaction's change (actors/backfill.py
+        says why it matters); any change after the high watermark follows in the stream
+        anyway, so the final state still follows commit order, as with the TOAST fetch.  A
+        row gone meanwhile is handed out as a delete (its own delete may lie before the
+        window: nothing else would remove the copy).
+        """
+        if not rows:
+            return rows
+        spec = self.specs[rows[0].table]
+        wanted = [c.key for c in rows if c.key in keys]
+        if not wanted:
+            return rows
+        current = self._fetch_rows(spec, wanted)
+        out = []
+        for change in rows:
+            if change.key not in keys:
+                out.append(change)
+                continue
+            row = current.get(_cache_key(spec.name, change.key))
+            if row is None:
+                out.append(Change("delete", spec.name, change.key, lsn=self._txn_commit_lsn))
+            else:
+                text, payload = spec.render(row)
+                out.append(Change("upsert", spec.name, change.key, text, payload, self._txn_commit_lsn))
+        return out
+
     def _fetch_rows(self, spec: TableSpec, keys: list[tuple[Any, ...]]) -> dict[Any, dict[str, Any]]:
         """Current rows of ``keys`` (cache key -> converted row), read as the backfill reads them."""
         assert self._side is not None
@@ -864,6 +1055,11 @@ class PgChangeSource:
             assert self._side is not None
             sql = self._fetch_sqls[spec.name] = spec.rows_by_keys_sql(self._side)
         return sql
+
+    def request_backfill(self, tables: list[str]) -> str:
+        """Ask this pipeline (through the WAL, see actors/backfill.py) to backfill ``tables``."""
+        assert self._side is not None, "start() first"
+        return request_backfill(self._side, self.slot, tables)
 
     def position(self) -> dict[str, int]:
         """LSNs: received from the server, safe to confirm, and confirmed."""
@@ -914,6 +1110,10 @@ class PgChangeSource:
             self._streaming = False
             conns, self._repl, self._side, self._snapshot_conn = (
                 (self._snapshot_conn, self._side, self._repl), None, None, None)
+        if self._chunks is not None:
+            self._chunks.close()
+            self._chunks = None
+        self._pending.clear()
         for conn in conns:
             if conn is not None:
                 try:

@@ -112,6 +112,15 @@ class ChangeBatch:
     phase: str = "stream"
     #: set on the last backfill batch: once written, the snapshot is complete
     snapshot_complete: bool = False
+    #: the chunked backfill's plan (actors/backfill.py) once this batch is written: set when
+    #: the batch holds the last row of a chunk; the writer stores it after the batch's points
+    backfill: dict[str, Any] | None = None
+    #: rows of the chunked backfill in this batch
+    backfill_rows: int = 0
+    #: a chunked backfill begins with this batch (``embedcluster backfill``, a table added to
+    #: the config): ``{"tables": [...], "total": {"rows", "estimate"}}``; the writer starts its
+    #: generation before the batch's changes
+    backfill_begin: dict[str, Any] | None = None
     #: commit time (Unix seconds, the source's clock) of the last transaction this batch
     #: completes; None when it completes none.  For the freshness figure (commit -> written).
     commit_time: float | None = None

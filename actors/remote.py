@@ -46,8 +46,12 @@ class CdcReaderActor:
     def slot_status(self) -> dict[str, Any]:
         return self.source.slot_status()
 
-    def start(self, backfill: bool) -> dict[str, Any]:
-        return self.source.start(backfill)
+    def start(self, backfill: bool, plan: dict[str, Any] | None = None,
+              tables: list[str] | None = None) -> dict[str, Any]:
+        return self.source.start(backfill, plan, tables)
+
+    def request_backfill(self, tables: list[str]) -> str:
+        return self.source.request_backfill(tables)
 
     @ray.method(num_returns=2)
     def read_batch(self, max_changes: int, timeout: float, ack_lsn: int | None = None) -> tuple[dict[str, Any], ChangeBatch]:
@@ -65,6 +69,10 @@ class CdcReaderActor:
             "ack_lsn": batch.ack_lsn,
             "phase": batch.phase,
             "snapshot_complete": batch.snapshot_complete,
+            # the batch moves the chunked backfill's plan: it is written even without changes
+            "checkpoint": batch.backfill is not None,
+            "backfill_rows": batch.backfill_rows,
+            "backfill_begin": batch.backfill_begin,
             "commit_time": batch.commit_time,
         }
         return meta, batch
@@ -181,8 +189,12 @@ class WriterActor:
     def backfill_state(self) -> dict[str, Any] | None:
         return self.writer.backfill_state()
 
-    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None) -> None:
-        self.writer.begin_backfill(tables, publication, identity)
+    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None,
+                       chunked: bool = False) -> None:
+        self.writer.begin_backfill(tables, publication, identity, chunked)
+
+    def resume_backfill(self) -> None:
+        self.writer.resume_backfill()
 
     def apply(self, batch: ChangeBatch, vectors: np.ndarray | None) -> ApplyResult:
         return self.writer.apply(batch, vectors)

@@ -7,6 +7,7 @@ Owned by the CDC reader (``actors/cdc_reader.py``) and the source inspection
 from __future__ import annotations
 
 import string
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
@@ -102,6 +103,13 @@ class SourceConfig(Section):
     max_batch_changes: int = Field(default=256, ge=1, le=100_000)
     #: rows per primary-key chunk while backfilling existing rows
     backfill_chunk: int = Field(default=1000, ge=1, le=100_000)
+    #: how existing rows are read: "chunks" (key chunks read beside the stream, reconciled by
+    #: watermarks in the WAL; resumable; actors/backfill.py) or "snapshot" (one exported
+    #: snapshot read before streaming starts; a failure starts it over)
+    backfill_mode: Literal["chunks", "snapshot"] = "chunks"
+    #: connections reading chunks in parallel (backfill_mode = "chunks"), over key ranges cut
+    #: from the first key column's statistics
+    backfill_readers: int = Field(default=1, ge=1, le=64)
     #: WAL the slot may hold unconfirmed before ``status`` and ``/stats`` warn (and the log,
     #: at most once a minute); 0 = never warn.  See README, max_slot_wal_keep_size.
     max_lag_bytes: int = Field(default=1 << 30, ge=0)

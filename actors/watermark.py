@@ -40,6 +40,28 @@ from actors.changes import Change
 
 #: the prefix of every watermark message (``pg_logical_emit_message``); others are not ours
 WATERMARK_PREFIX = "embedcluster.watermark"
+#: the prefix of a request written into the WAL for the pipeline of one slot (``embedcluster
+#: backfill``): it acts where the stream reaches it, whether the pipeline runs now or later
+SIGNAL_PREFIX = "embedcluster.signal"
+
+
+def signal_content(slot: str, backfill: Sequence[str]) -> str:
+    """A request that the pipeline of ``slot`` backfill the tables ``backfill`` again."""
+    return json.dumps({"slot": slot, "backfill": list(backfill), "id": uuid.uuid4().hex}, separators=(",", ":"))
+
+
+def parse_signal(prefix: str, content: bytes, slot: str) -> list[str] | None:
+    """The tables a signal for ``slot`` asks to backfill; None for anything else (another slot's)."""
+    if prefix != SIGNAL_PREFIX:
+        return None
+    try:
+        data = json.loads(content)
+        tables = data["backfill"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if data.get("slot") != slot or not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        return None
+    return tables
 
 
 def new_chunk_id() -> str:
@@ -139,17 +161,22 @@ class ChunkWindows:
 
 
 def split_points(histogram: Sequence[Any], parts: int) -> list[Any]:
-    """At most ``parts - 1`` increasing values that cut a key column into ``parts`` ranges of
+    """At most ``parts - 1`` distinct values that cut a key column into ``parts`` ranges of
     about as many rows each, from the column's histogram (``pg_stats.histogram_bounds``: bounds
-    of buckets holding equal shares of the rows).  Empty when there is nothing to cut by."""
+    of buckets holding equal shares of the rows, in the column's own order).  Empty when there
+    is nothing to cut by.  Values are only compared for equality: their order is the server's
+    (a text column's collation, say), which Python need not share."""
     bounds = list(histogram)
     if parts <= 1 or len(bounds) < 3:
         return []
     buckets = len(bounds) - 1
     cuts: list[Any] = []
     for i in range(1, parts):
-        value = bounds[round(i * buckets / parts)]
-        if (not cuts or value > cuts[-1]) and bounds[0] < value < bounds[-1]:
+        index = round(i * buckets / parts)
+        if not 1 <= index < buckets:
+            continue
+        value = bounds[index]
+        if (not cuts or value != cuts[-1]) and value != bounds[0] and value != bounds[-1]:
             cuts.append(value)
     return cuts
 

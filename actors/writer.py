@@ -99,6 +99,8 @@ class Writer:
         # the points of its tables with another one are gone from the source (see _complete_backfill)
         self._generation: int | None = None
         self._backfill_tables: list[str] = []
+        # every table the store follows (the state's "tables": what a resume is checked against)
+        self._tables: list[str] = []
         self._identity: dict[str, Any] = {}
         # the slot's state document once its backfill is complete; its
         # "position" is the WAL position the store reflects (see _record_position)
@@ -125,36 +127,95 @@ class Writer:
         self._interrupt.set()
 
     def backfill_state(self) -> dict[str, Any] | None:
-        """The slot's state document in the store (None before a backfill completed).
+        """The slot's state document in the store: None before a backfill completed, unless
+        a chunked backfill is under way (``chunked``: its ``plan``, see actors/backfill.py).
 
         ``backfill_complete``, ``tables``, ``identity`` (which server and slot the
         store follows) and ``position`` (the WAL position it reflects).
         """
         self._state = self.sink.get_state(state_name(self.slot))
-        if self._state is not None and not self._state.get("backfill_complete"):
+        if self._state is not None and not (self._state.get("backfill_complete") or self._state.get("chunked")):
             self._state = None
         return self._state
 
-    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None) -> None:
-        """Forget the old completion marker and choose the snapshot's generation.
+    def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None,
+                       chunked: bool = False) -> None:
+        """Forget the old completion marker and choose the backfill's generation.
 
-        Called before a fresh snapshot is read.  Every snapshot row is written
-        stamped with a new generation; points already in the sink (from an
-        earlier run) that the snapshot does not contain were deleted at the
-        source meanwhile, and are removed at the end by their older generation,
-        on the store's side: nothing here lists the stored ids.
+        Called before a fresh backfill reads the tables.  Every row it reads is
+        written stamped with a new generation (so is every change streamed
+        meanwhile); points already in the sink (from an earlier run) that it
+        does not bring were deleted at the source meanwhile, and are removed at
+        the end by their older generation, on the store's side: nothing here
+        lists the stored ids.  A ``chunked`` backfill (actors/backfill.py) keeps
+        a state document meanwhile: its generation, the position, and the plan
+        of chunks done, which a restart resumes from.
         """
         previous = self.sink.get_state(state_name(self.slot)) or {}
-        self.sink.set_state(state_name(self.slot), None)
-        self._state = None
         self._identity = dict(identity or {})
         self._backfill_tables = list(tables)
+        self._tables = list(tables)
         self._publication = publication
         # microseconds since the epoch: above any generation an earlier backfill used (even one of
         # another writer process), and still above the one recorded should the clock step back
         self._generation = max(time.time_ns() // 1000, int(previous.get("generation") or 0) + 1)
+        state: dict[str, Any] | None = None
+        if chunked:
+            state = {
+                "backfill_complete": False,
+                "chunked": True,
+                "tables": sorted(self._backfill_tables),
+                "identity": self._identity,
+                "generation": self._generation,
+                "started_at": time.time(),
+                "plan": None,  # stored with the first chunk written
+                # nothing is confirmed to the new slot before a position is recorded here
+                "position": None,
+            }
+        self.sink.set_state(state_name(self.slot), state)
+        self._state = state
         # the writer may be restarted between snapshots; sequence numbers restart too
         self.last_seq = 0
+
+    def resume_backfill(self) -> None:
+        """Go on with the chunked backfill whose state :meth:`backfill_state` just read: same
+        generation, same tables (its rows written so far keep counting as present)."""
+        state = self._state
+        if state is None or not state.get("chunked") or state.get("backfill_complete"):
+            raise RuntimeError(f"slot {self.slot}: no chunked backfill under way to resume")
+        self._generation = int(state["generation"])
+        self._tables = list(state.get("tables") or [])
+        self._backfill_tables = list(state.get("backfill_tables") or self._tables)
+        self._identity = dict(state.get("identity") or {})
+        self.last_seq = 0
+
+    def _begin_again(self, tables: list[str]) -> None:
+        """A chunked backfill of ``tables`` starts with the batch being applied (the stream
+        reached a backfill request): while the store keeps following the slot, its points of
+        these tables are written again under a new generation, and the older ones left at
+        the end are gone from the source.  Joins the chunked backfill under way, if any."""
+        state = self._state or self.sink.get_state(state_name(self.slot)) or {}
+        if state.get("chunked") and not state.get("backfill_complete") and self._generation:
+            self._backfill_tables = sorted(set(self._backfill_tables) | set(tables))
+        else:
+            self._generation = max(time.time_ns() // 1000, int(state.get("generation") or 0) + 1)
+            self._backfill_tables = sorted(tables)
+            self._identity = dict(state.get("identity") or self._identity)
+        self._tables = sorted(set(state.get("tables") or self._tables) | set(tables))
+        state = {
+            **state,
+            "backfill_complete": False,
+            "chunked": True,
+            "tables": self._tables,
+            "backfill_tables": self._backfill_tables,
+            "identity": self._identity,
+            "generation": self._generation,
+            "started_at": state.get("started_at") if state.get("chunked") else time.time(),
+            "plan": state.get("plan") if state.get("chunked") else None,
+        }
+        self.sink.set_state(state_name(self.slot), state)
+        self._state = state
+        log.info("slot %s: backfilling %s again (generation %d)", self.slot, ", ".join(tables), self._generation)
 
     def apply(self, batch: ChangeBatch, vectors: np.ndarray | None) -> ApplyResult:
         """Write one batch: upserts and deletes, last change per key wins.
@@ -164,6 +225,8 @@ class Writer:
         started = time.perf_counter()
         if batch.seq <= self.last_seq:
             raise OrderingError(f"batch {batch.seq} after batch {self.last_seq} on slot {self.slot}")
+        if batch.backfill_begin:
+            self._begin_again(list(batch.backfill_begin["tables"]))
         embedded = [c for c in batch.changes if c.op == "upsert" and not c.text_unchanged]
         embed_errors: dict[int, str] = {}
         if isinstance(vectors, EmbeddedVectors):
@@ -233,7 +296,7 @@ class Writer:
         if batch.snapshot_complete:
             self._complete_backfill(batch.ack_lsn)
         else:
-            self._record_position(batch.ack_lsn)
+            self._record_position(batch.ack_lsn, batch.backfill)
         self.last_seq = batch.seq
         self.rows_applied += n_up + n_del
         self.upserts += n_up
@@ -337,18 +400,28 @@ class Writer:
         log.error("slot %s: %s of %s key %s dead-lettered after %d attempts: %s (`embedcluster deadletter list`)",
                   self.slot, letter.op, letter.table, letter.key, letter.attempts, letter.error)
 
-    def _record_position(self, lsn: int | None) -> None:
-        """Record in the store that it reflects every change up to ``lsn``.
+    def _record_position(self, lsn: int | None, plan: dict[str, Any] | None = None) -> None:
+        """Record in the store that it reflects every change up to ``lsn`` (and, during a
+        chunked backfill, the chunks done: ``plan``).
 
         Written before the coordinator acknowledges ``lsn`` to the slot (it does
         so only after this call returns), so the recorded position is never
         behind the slot's confirmed one.  On resume, a store whose position is
         behind the slot (restored from a backup, another store, a re-created
-        slot) is therefore one that missed changes, and is not trusted.
+        slot) is therefore one that missed changes, and is not trusted.  The plan
+        is written after the batch's points, so it never claims a chunk whose
+        rows are not in the store.
         """
-        if self._state is None or not lsn or lsn <= int(self._state.get("position") or 0):
+        if self._state is None:
             return
-        state = {**self._state, "position": lsn}
+        update: dict[str, Any] = {}
+        if plan is not None and self._state.get("chunked"):
+            update["plan"] = plan
+        if lsn and lsn > int(self._state.get("position") or 0):
+            update["position"] = lsn
+        if not update:
+            return
+        state = {**self._state, **update}
         self.sink.set_state(state_name(self.slot), state)
         self._state = state
 
@@ -368,13 +441,15 @@ class Writer:
         # next start takes a fresh snapshot instead of trusting a partial one.
         state = {
             "backfill_complete": True,
-            "tables": sorted(self._backfill_tables),
+            "tables": sorted(set(self._tables) | set(self._backfill_tables)),
+            "backfilled": sorted(self._backfill_tables),
             "completed_at": time.time(),
             "stale_removed": removed,
             "generation": generation or 0,
             "identity": self._identity,
-            # the snapshot's position: every change up to it is in the store now
-            "position": position or 0,
+            # the snapshot's position: every change up to it is in the store now (a chunked
+            # backfill's last batch may end inside a transaction: the position stays)
+            "position": position or int((self._state or {}).get("position") or 0),
         }
         self.sink.set_state(state_name(self.slot), state)
         self._state = state

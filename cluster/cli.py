@@ -9,6 +9,7 @@ The run lifecycle (checks, Ray, actors, search app, clean stop) is
 ``search``  ask the running search app; hits as a table (``--filter``, ``--mode``, ``--json``).
 ``drop``    drop the slot and the publication.
 ``verify``  compare the store with the tables (missing, stale, orphans); ``--repair`` fixes them.
+``backfill`` index tables again beside the running stream (a request through the WAL).
 """
 
 from __future__ import annotations
@@ -289,6 +290,45 @@ def verify(config_path: str, table: str | None, as_json: bool, repair: bool, tim
         fail(str(exc))
     click.echo(json.dumps(report.as_dict(), default=str) if as_json else "\n".join(verifying.format_report(report)))
     sys.exit(0 if report.clean else 1)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--table", "tables", multiple=True, metavar="TABLE",
+              help="a configured table to backfill (repeatable; default: every configured table)")
+def backfill(config_path: str, tables: tuple[str, ...]) -> None:
+    """Index tables' rows again (a changed template, say) without dropping the slot or stopping the stream.
+
+    The request goes into the WAL: the pipeline acts on it where its stream reaches it, now if it
+    runs, else when it next starts.  Its rows are read in key chunks beside the stream.
+    """
+    from actors.backfill import request_backfill
+    from actors.changes import format_lsn, parse_lsn
+    from actors.source_config import qualified_name, split_qualified
+    from actors.source_schema import SourceError, connect, slot_info
+
+    config = _load(config_path)
+    names = []
+    for name in tables:
+        try:
+            names.append(config.table(qualified_name(*split_qualified(name))).name)
+        except (KeyError, ValueError):
+            fail(f"--table {name} is not a configured table (configured: {', '.join(t.name for t in config.tables)})")
+    names = names or [t.name for t in config.tables]
+    slot = config.source.slot
+    try:
+        with connect(config.source.dsn_value, config.source.dsn_masked, autocommit=True) as conn:
+            info = slot_info(conn, slot)
+            if not info.exists:
+                fail(f"slot {slot} does not exist yet: `embedcluster run --config {config_path}` backfills every "
+                     "table when it starts")
+            if conn.info.server_version < 140000:
+                fail("backfilling beside the stream needs PostgreSQL 14 or later (logical decoding messages)")
+            lsn = request_backfill(conn, slot, names)
+    except SourceError as exc:
+        fail(str(exc))
+    click.echo(f"backfill of {', '.join(names)} requested at {format_lsn(parse_lsn(lsn))}: the pipeline of slot {slot} "
+               "starts it where its stream reaches that position (`embedcluster status` shows its progress)")
 
 
 @main.command()

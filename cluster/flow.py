@@ -143,7 +143,7 @@ class FlowControl:
         assert self.reading, "no read in flight"
         self.reading = False
         lsn = meta["ack_lsn"]
-        if meta["changes"] or meta["snapshot_complete"]:
+        if meta["changes"] or meta["snapshot_complete"] or meta.get("checkpoint"):
             entry = Entry(meta, batch)
             self.queue.append(entry)
             self.promised_lsn = max(self.promised_lsn, lsn or 0)

@@ -113,6 +113,7 @@ class PipelineCoordinator:
         #: {"rows", "estimate"} of the snapshot being backfilled (None: no backfill in this run)
         self.backfill_total: dict[str, Any] | None = None
         self._backfill_since = 0.0
+        self._backfill_rows_before = 0
         self._backfill_took: float | None = None
         self.batches_applied = 0
         self.acked_lsn = 0
@@ -142,7 +143,9 @@ class PipelineCoordinator:
         ray.get(self.writer.open.remote(self.dimension))
         state = ray.get(self.writer.backfill_state.remote())
         slot = ray.get(self.reader.slot_status.remote())
-        resume = slot["exists"] and state is not None and sorted(state.get("tables", [])) == tables
+        # a table added to the config is backfilled beside the resumed stream (below); one
+        # removed, or a store of other tables, is not this one's: it is indexed afresh
+        resume = slot["exists"] and state is not None and set(state.get("tables", [])) <= set(tables)
         behind = store_behind(state, slot) if resume else None
         if behind:
             if self.config.pipeline.on_store_behind == "refuse":
@@ -152,22 +155,49 @@ class PipelineCoordinator:
                 )
             log.warning("slot %s: %s; backfilling again (pipeline.on_store_behind = 'backfill')", self.slot, behind)
             resume = False
+        added = sorted(set(tables) - set(state.get("tables", []))) if resume else []
+        if resume and not state.get("backfill_complete"):
+            # A chunked backfill under way: the stream resumes from the slot, the chunks from
+            # the plan stored with the last one written (an empty plan: none was).
+            ray.get(self.writer.resume_backfill.remote())
+            plan = state.get("plan") or {}
+            info = ray.get(self.reader.start.remote(False, plan, state.get("backfill_tables") or state.get("tables")))
+            self._began_backfill(info, int(plan.get("rows") or 0))
+            log.info("slot %s: resuming stream and backfill", self.slot)
+            self._backfill_added(added)
+            return
         if resume:
             ray.get(self.reader.start.remote(False))
             self.state = "streaming"
             log.info("slot %s: resuming stream", self.slot)
+            self._backfill_added(added)
             return
         # Writer first: it must forget the old completion marker before any
-        # snapshot row is written, so a crash mid-backfill re-snapshots.
-        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"]))
+        # row is written, so a crash mid-backfill backfills again (a snapshot
+        # from its start; chunks from the last one stored).
+        chunked = self.config.source.backfill_mode == "chunks"
+        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"], chunked))
         info = ray.get(self.reader.start.remote(True))
-        # a fresh snapshot is written from its first row again: progress starts over
-        self.backfill_rows = 0
+        # a fresh backfill is written from its first row again: progress starts over
+        self._began_backfill(info, 0)
+        log.info("slot %s: backfill %s at %s", self.slot, "in key chunks from" if chunked else "from snapshot",
+                 info.get("consistent_lsn"))
+
+    def _backfill_added(self, added: list[str]) -> None:
+        if not added:
+            return
+        # through the WAL, like `embedcluster backfill`: where the stream reaches the request,
+        # the new tables' chunks start (a crash before that replays it)
+        ray.get(self.reader.request_backfill.remote(added))
+        log.info("slot %s: %s added to the config: backfilling beside the stream", self.slot, ", ".join(added))
+
+    def _began_backfill(self, info: dict[str, Any], rows: int) -> None:
+        self.backfill_rows = rows
+        self._backfill_rows_before = rows  # written by an earlier run (a resumed chunked backfill)
         self.backfill_total = info.get("backfill_total")
         self._backfill_since = time.monotonic()
         self._backfill_took = None
         self.state = "backfilling"
-        log.info("slot %s: backfill from snapshot at %s", self.slot, info.get("consistent_lsn"))
 
     # -- the loop ---------------------------------------------------------------
 
@@ -325,8 +355,19 @@ class PipelineCoordinator:
         while len(self._rate_window) > 2 and now - self._rate_window[1][0] > RATE_WINDOW_S:
             self._rate_window.popleft()
         self.batches_applied += 1
+        begin = entry.meta.get("backfill_begin")
+        if begin:
+            # a backfill requested while streaming (embedcluster backfill, a table added)
+            if self.state == "streaming" or self.backfill_total is None:
+                self._began_backfill({"backfill_total": begin["total"]}, 0)
+            else:  # joins the one under way
+                self.backfill_total = {"rows": self.backfill_total["rows"] + begin["total"]["rows"],
+                                       "estimate": self.backfill_total.get("estimate") or begin["total"]["estimate"]}
+            log.info("slot %s: backfilling %s beside the stream", self.slot, ", ".join(begin["tables"]))
         if entry.meta["phase"] == "backfill":
             self.backfill_rows += rows
+        else:  # rows of a chunked backfill, handed out between the stream's changes
+            self.backfill_rows += entry.meta.get("backfill_rows", 0)
         if result.snapshot_complete:
             self._backfill_took = time.monotonic() - self._backfill_since
             self.state = "streaming"
@@ -403,7 +444,7 @@ class PipelineCoordinator:
         finished = self._backfill_took is not None
         if finished:
             took = self._backfill_took or 0.0
-            rate = round(done / took, 1) if took > 0 else 0.0
+            rate = round((done - self._backfill_rows_before) / took, 1) if took > 0 else 0.0
             eta: float | None = 0.0
         else:
             rate = self._changes_per_second()

@@ -125,6 +125,7 @@ def test_defaults(tmp_path):
     assert config.source.publication == "embedcluster"
     assert config.source.max_batch_changes == 256
     assert config.source.backfill_chunk == 1000
+    assert config.source.backfill_mode == "chunks" and config.source.backfill_readers == 1
     # unqualified table names get the public schema
     assert config.tables[0].name == "public.books"
     assert config.tables[0].text == "{description}"
@@ -318,6 +319,8 @@ def test_second_table_error_names_its_index(tmp_path):
         ("sink", 'kind = "redis"', "sink.kind"),
         ("sink", 'collection = "9bad"', "sink.collection"),
         ("source", "max_batch_changes = 0", "source.max_batch_changes"),
+        ("source", 'backfill_mode = "dump"', "source.backfill_mode"),
+        ("source", "backfill_readers = 0", "source.backfill_readers"),
     ],
 )
 def test_out_of_range_values_name_the_key(tmp_path, section, line, key):

@@ -559,6 +559,11 @@ def test_embedding_is_requested_only_for_batches_with_texts_to_embed():
     # the snapshot marker carries no change, but it must be written (it completes the backfill)
     assert flow.on_read({"changes": 0, "to_embed": 0, "snapshot_complete": True, "ack_lsn": None}, "b3") == []
     assert [e.batch for e in flow.queue] == ["b2", "b3"]
+    flow.next_actions()
+    # a chunked backfill's checkpoint (its chunk's rows all dropped: the stream changed them) as well
+    assert flow.on_read({"changes": 0, "to_embed": 0, "snapshot_complete": False, "checkpoint": True,
+                         "ack_lsn": None}, "b4") == []
+    assert [e.batch for e in flow.queue] == ["b2", "b3", "b4"]
 
 
 def test_a_read_that_fails_for_good_drains_what_was_read_and_reads_no_more():

@@ -400,3 +400,44 @@ def test_a_restarted_writer_keeps_recording_on_top_of_the_stored_state(writer, s
     apply(again, 1, [up(A, 1, lsn=200)], ack_lsn=210)
     state = sink.get_state(state_name("unit_slot"))
     assert state["position"] == 210 and state["tables"] == [A] and state["identity"] == {"system_id": "7"}
+
+
+# -- the chunked backfill (actors/backfill.py) ---------------------------------------------------
+
+
+def _plan(cursor: str | None, done: bool, rows: int) -> dict:
+    return {"tables": {A: [{"after": None, "up_to": None, "cursor": [cursor] if cursor else None, "done": done}]},
+            "rows": rows}
+
+
+def test_a_chunked_backfill_stores_its_plan_after_each_batch_and_resumes_with_its_generation(writer, sink):
+    apply(writer, 1, [up(A, 1), up(A, 9)])  # an earlier run's points; 9 is gone from the source
+    identity = {"system_id": "7", "database": "app", "slot": "unit_slot"}
+    writer.begin_backfill([A], "pub", identity, chunked=True)
+    state = writer.backfill_state()  # under way: what a restart resumes from
+    assert state["chunked"] and not state["backfill_complete"] and state["plan"] is None
+    assert state["position"] is None  # nothing recorded yet: the new slot's position is not checked
+    generation = state["generation"]
+    apply(writer, 1, [up(A, 1)], ack_lsn=100, backfill=_plan("1", False, 1), backfill_rows=1)
+    state = sink.get_state(state_name("unit_slot"))
+    assert state["plan"] == _plan("1", False, 1) and state["position"] == 100
+    apply(writer, 2, [up(A, 5, lsn=120)], ack_lsn=130)  # a streamed change between chunks
+    assert sink.get_state(state_name("unit_slot"))["plan"] == _plan("1", False, 1)  # unchanged
+
+    again = Writer(sink, slot="unit_slot")  # the run was killed: a new writer resumes
+    again.open(DIM)
+    assert again.backfill_state()["plan"] == _plan("1", False, 1)
+    again.resume_backfill()
+    apply(again, 1, [up(A, 2)], ack_lsn=140, backfill=_plan("2", True, 2), backfill_rows=1)
+    apply(again, 2, [], ack_lsn=None, snapshot_complete=True)  # the last batch ends inside a transaction
+    assert stored_keys(sink, A) == {(1,), (2,), (5,)}  # 9 had the old generation: removed
+    state = again.backfill_state()
+    assert state["backfill_complete"] and state["generation"] == generation
+    assert state["position"] == 140 and state["identity"] == identity  # kept, not reset to 0
+
+
+def test_resume_backfill_refuses_without_a_chunked_backfill_under_way(writer):
+    writer.begin_backfill([A], "pub")  # a snapshot backfill keeps no state to resume from
+    assert writer.backfill_state() is None
+    with pytest.raises(RuntimeError, match="no chunked backfill"):
+        writer.resume_backfill()
