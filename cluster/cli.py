@@ -431,6 +431,7 @@ _BENCH_MODULES = {
     "embed": ("benchmarks.bench_embed", "embedding throughput: one-per-call vs sentence-transformers vs our actor pool"),
     "pipeline": ("benchmarks.bench_pipeline", "end-to-end rows/s, efficiency and commit->searchable latency"),
     "cdc": ("benchmarks.bench_cdc", "changes/s the CDC reader decodes from a real slot (no model, no sink)"),
+    "backfill": ("benchmarks.bench_backfill", "backfill rows/s at 1, 2, 4 chunk readers vs one snapshot (no model, no sink)"),
     "writer": ("benchmarks.bench_writer", "upsert rows/s into a private MariaDB for batch sizes 64..1024"),
     "confirm": ("benchmarks.bench_confirm", "commit -> in sink and commit -> slot confirmed latency, p50/p99"),
     "memory": ("benchmarks.bench_memory", "RSS of every Ray actor over a 200k-row backfill and a sink outage"),

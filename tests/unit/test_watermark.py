@@ -6,11 +6,14 @@ import pytest
 
 from actors.changes import Change
 from actors.watermark import (
+    SIGNAL_PREFIX,
     WATERMARK_PREFIX,
     ChunkWindows,
     key_ranges,
     new_chunk_id,
+    parse_signal,
     parse_watermark,
+    signal_content,
     split_points,
     watermark_content,
 )
@@ -111,3 +114,16 @@ def test_split_points_cut_a_histogram_into_even_ranges() -> None:
     assert split_points([0, 5, 5, 5, 9], 4) == [5]  # repeated bounds give one cut, never an empty range
     assert key_ranges([250, 500]) == [(None, 250), (250, 500), (500, None)]
     assert key_ranges([]) == [(None, None)]
+    # text forms in the server's order ("10" sorts after "9" there): only equality is used
+    assert split_points([str(v) for v in bounds], 4) == ["250", "500", "750"]
+    assert split_points(["a", "a", "a", "c"], 2) == []  # the middle bound equals the first: no cut
+
+
+def test_a_backfill_request_is_for_one_slot_and_names_its_tables() -> None:
+    content = signal_content("books_slot", ["public.books"]).encode()
+    assert parse_signal(SIGNAL_PREFIX, content, "books_slot") == ["public.books"]
+    assert parse_signal(SIGNAL_PREFIX, content, "other_slot") is None  # another pipeline's request
+    assert parse_signal(WATERMARK_PREFIX, content, "books_slot") is None
+    assert parse_signal(SIGNAL_PREFIX, b'{"slot": "books_slot", "backfill": "public.books"}', "books_slot") is None
+    assert parse_signal(SIGNAL_PREFIX, b"{", "books_slot") is None
+    assert parse_signal(SIGNAL_PREFIX, signal_content("s", []).encode(), "s") == []  # [] = every table
