@@ -357,9 +357,13 @@ class PipelineCoordinator:
         self.batches_applied += 1
         begin = entry.meta.get("backfill_begin")
         if begin:
-            # a backfill requested while streaming (embedcluster backfill, a table added)
+            # A backfill requested while streaming (embedcluster backfill, a table added): the
+            # index keeps serving meanwhile, so the state (and /healthz) stays "streaming";
+            # /stats shows its progress.
             if self.state == "streaming" or self.backfill_total is None:
+                state = self.state
                 self._began_backfill({"backfill_total": begin["total"]}, 0)
+                self.state = state
             else:  # joins the one under way
                 self.backfill_total = {"rows": self.backfill_total["rows"] + begin["total"]["rows"],
                                        "estimate": self.backfill_total.get("estimate") or begin["total"]["estimate"]}

@@ -156,6 +156,7 @@ def test_backfill_command_and_an_added_table_index_again_without_dropping_the_sl
         with psycopg.connect(books, autocommit=True) as conn:  # writes while it runs
             conn.execute("UPDATE books SET description = description || ' (revised)' WHERE id % 2 = 0")
             conn.execute("DELETE FROM books WHERE id = (SELECT max(id) FROM books)")
+        assert app.stats()["state"] == "streaming"  # the index serves meanwhile: /healthz stays ok
         wait_for(lambda: (app.stats().get("backfill") or {}).get("finished"), 120, "the requested backfill")
         wait_caught_up(books, SLOT, timeout=120)
         clean = _cli("verify", "--config", str(config))
