@@ -14,6 +14,13 @@ stored plan never claims a chunk whose rows are not durably written, and a backf
 anywhere (a SIGKILL of ``run``) resumes at the first chunk it does not claim.  A chunk read
 but not handed out before the stop is simply read again.
 
+Commit order in the WAL is not quite visibility order: a transaction whose commit record lies
+before a low watermark can still be invisible to the chunk's SELECT for a moment (it has not
+left the proc array yet; seen in the tests).  Its change sits before the window, so nothing
+would drop the stale copy.  Such a transaction had already marked the row version it replaced
+(``xmax``), so the SELECT returns that mark, and rows carrying one are read again where the
+high watermark is handed out (``PgChangeSource._recheck``).
+
 Memory is bounded: each reader has at most :data:`CHUNKS_AHEAD` chunks read and not yet handed
 out; past that it waits for the stream (which waits for the pipeline's window).
 """
@@ -170,7 +177,7 @@ class _ChunkSql:
 class ChunkedBackfill:
     """The chunk readers of one backfill, and the windows the stream's reader feeds.
 
-    Thread use: the reader threads run :meth:`_read_ranges`; the stream's reader (one thread)
+    Thread use: the reader threads run :meth:`_run`; the stream's reader (one thread)
     calls :meth:`changed`, :meth:`truncated`, :meth:`watermark`, :meth:`handed_out` and
     :meth:`check`.  The windows are shared under one lock.
     """
