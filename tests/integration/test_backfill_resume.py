@@ -1,5 +1,5 @@
-"""The chunked backfill through ``embedcluster run`` (null model, embedded store): a SIGKILL at
-60 % resumes from the last chunk stored, while other sessions write; ``embedcluster backfill``
+"""The chunked backfill through ``embedcluster run`` (embedded store): a SIGKILL at 60 % (the real
+model) resumes from the last chunk stored, while other sessions write (null model from here on); ``embedcluster backfill``
 indexes a table again under a changed template without dropping the slot or stopping the
 stream; a table added to the config is backfilled beside the resumed stream."""
 
