@@ -106,6 +106,11 @@ def open_store(config: Config, writable: bool = True) -> OpenStore:
             "use a path or sink.url"
         )
     absolute_store_path(config)
+    if sink_config.kind == "qdrant" and not sink_config.url and _held_by_its_pipeline(config):
+        try:
+            return _through_owner(Path(sink_config.path))
+        except VerifyError:
+            pass  # that run may be exiting: open the store as below, which waits for its release
     try:
         sink = open_sink(sink_config)
     except SinkError as exc:
@@ -119,6 +124,24 @@ def open_store(config: Config, writable: bool = True) -> OpenStore:
             sink.close()
             raise
     return OpenStore(sink, "direct", sink.close)
+
+
+def _held_by_its_pipeline(config: Config) -> bool:
+    """The store's lock is held by the process its owner file names: a running pipeline's writer.
+
+    Then verify goes through that writer at once; opening the store would first wait for a
+    release that a running pipeline never makes.
+    """
+    from actors.sinks.qdrant.edge import lock_holder
+
+    path = Path(config.sink.path)
+    holder = lock_holder(path, config.sink.collection)
+    if holder is None:
+        return False
+    try:
+        return int(json.loads((path / OWNER_FILE).read_text())["pid"]) == holder
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _through_owner(path: Path) -> OpenStore:

@@ -428,6 +428,25 @@ def test_a_second_open_is_refused_in_one_line_here_and_in_another_process(
     again.close()
 
 
+def test_lock_holder_names_the_process_holding_the_store_and_takes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    assert edge_module.lock_holder(path, "unit") is None  # no store yet
+    child = _Child(path, "hold")
+    try:
+        child.wait_for(lambda s: s == "open")
+        assert edge_module.lock_holder(path, "unit") == child.proc.pid
+        assert edge_module.lock_holder(path, "other") is None
+    finally:
+        child.kill()
+    assert edge_module.lock_holder(path, "unit") is None  # released with the process; the probe left it free
+    s = EdgeSink(_config(path))
+    try:
+        assert edge_module.lock_holder(path, "unit") == os.getpid()
+    finally:
+        s.close()
+    assert edge_module.lock_holder(path, "unit") is None
+
+
 def test_a_store_held_by_a_process_that_is_exiting_is_waited_for(tmp_path: Path) -> None:
     """A restart after a crash: the old writer still holds the store for a moment, then exits."""
     path = tmp_path / "q"

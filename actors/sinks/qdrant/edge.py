@@ -144,6 +144,34 @@ _HELD: set[str] = set()
 _HELD_LOCK = threading.Lock()
 
 
+def lock_holder(root: Path, collection: str) -> int | None:
+    """The pid holding the store at ``root`` (sink.path) for ``collection``, or None when its lock is free.
+
+    A probe: the flock is tried without waiting and released at once.  It lets a caller that
+    can reach the holder (``embedcluster verify`` through the running writer) go there
+    directly instead of waiting :data:`LOCK_WAIT_S` for a release that a live run never makes.
+    """
+    path = Path(root) / "edge" / collection / "lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            try:
+                return int(path.read_text().strip() or 0) or None
+            except (OSError, ValueError):
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def optimizers(dimension: int) -> qe.EdgeOptimizersConfig:
     """Edge's optimizer settings for a store of ``dimension``-d float32 vectors (see MAX_SEGMENT_POINTS)."""
     return qe.EdgeOptimizersConfig(max_segment_size=max(1, MAX_SEGMENT_POINTS * dimension * 4 // 1024))
