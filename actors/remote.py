@@ -22,7 +22,7 @@ from actors.changes import ChangeBatch, EmbeddedVectors
 from actors.embedder import Embedder, EmbeddingConfig, model_workers
 from actors.sinks.base import SearchHit, StoredPoint, VectorPoint, open_sink
 from actors.source_schema import TableSpec
-from actors.writer import ApplyResult, Writer
+from actors.writer import ApplyResult, Writer, is_barrier
 from actors.logs import error_line, setup_logging
 from actors.source_config import SourceConfig
 from actors.verify import OWNER_FILE
@@ -74,6 +74,8 @@ class CdcReaderActor:
             "backfill_rows": batch.backfill_rows,
             "backfill_begin": batch.backfill_begin,
             "commit_time": batch.commit_time,
+            # acts on whole tables: partitioned writers apply it through the primary alone
+            "barrier": is_barrier(batch),
         }
         return meta, batch
 
@@ -170,16 +172,23 @@ class WriterActor:
     """The only writer of the sink.  Searches run in their own concurrency group.
 
     ``apply`` stays in the default group (one thread).  The coordinator keeps at
-    most one ``apply`` in flight, so batches are applied strictly in order.
+    most one ``apply`` in flight per writer, so batches are applied strictly in order.
+    With ``[sink] writers = W`` there are W of these (``partition`` 0..W-1): see
+    ``actors.writer`` (partitioned writers); partition 0, named ``writer``, keeps the
+    bookkeeping and serves searches, verify and the dead-letter commands.
     """
 
     def __init__(self, sink: Any, slot: str, log_level: str = "INFO", retries: dict[str, Any] | None = None,
-                 payload_indexes: dict[str, str] | None = None) -> None:
+                 payload_indexes: dict[str, str] | None = None, partition: int = 0) -> None:
         setup_logging(log_level)
         # retries: Writer's max_attempts, max_dead_letters, max_retry_delay (from [pipeline]); a restarted
         # actor gets the same arguments, so it indexes the same payload fields again in open()
         self.writer = Writer(_open_sink_patiently(sink, (retries or {}).get("max_retry_delay", 5.0)), slot,
                              payload_indexes=payload_indexes, **(retries or {}))
+        #: partitioned writers (``[sink] writers``): 0 is the primary, which keeps the bookkeeping
+        self.partition = partition
+        if partition and hasattr(self.writer.sink, "maintains_index"):
+            self.writer.sink.maintains_index = False  # the primary's sink decides on the vector index
         self._owner = announce_owner(sink) if not self.writer.sink.shared else None
 
     def open(self, dimension: int) -> bool:
@@ -190,14 +199,19 @@ class WriterActor:
         return self.writer.backfill_state()
 
     def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None,
-                       chunked: bool = False) -> None:
-        self.writer.begin_backfill(tables, publication, identity, chunked)
+                       chunked: bool = False) -> int:
+        return self.writer.begin_backfill(tables, publication, identity, chunked)
 
-    def resume_backfill(self) -> None:
-        self.writer.resume_backfill()
+    def resume_backfill(self) -> int:
+        return self.writer.resume_backfill()
 
-    def apply(self, batch: ChangeBatch, vectors: np.ndarray | None) -> ApplyResult:
-        return self.writer.apply(batch, vectors)
+    def apply(self, batch: ChangeBatch, vectors: np.ndarray | None, part: tuple[int, int] | None = None,
+              generation: int | None = None, others: list[Any] | None = None) -> ApplyResult:
+        """``Writer.apply``.  Partitioned (``part``): the primary gets the other writers' apply
+        refs of the same batch in ``others`` (inside a list, so Ray hands them over unresolved):
+        it writes its own partition first, then waits for theirs before recording the position."""
+        wait = (lambda: ray.get(others)) if others else None
+        return self.writer.apply(batch, vectors, part, generation, wait)
 
     @ray.method(concurrency_group="query")
     def search(self, vector: np.ndarray | None, k: int, options: dict[str, Any] | None = None) -> list[SearchHit]:

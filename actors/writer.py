@@ -18,6 +18,18 @@ the sink (``ping``):
   recursively, until the failing change(s) are alone; the others are written.
   A change that fails alone ``max_attempts`` times is recorded as a dead letter
   (``actors.deadletter``) and the batch completes, so the slot moves on.
+
+Partitioned writers (``[sink] writers = W``, for sinks that take concurrent
+writers): ``W`` writer processes share a batch's changes by point id
+(:func:`partition_of`), so every change of a key goes to the same writer and
+keeps its commit order there.  Writer 0 (the primary) alone keeps the
+bookkeeping: it writes its own partition, then waits until the other writers
+have written theirs (:meth:`Writer.apply` ``wait_others``), and only then
+records the position and the backfill plan.  So the position the store
+records, and therefore the slot's confirmed position, is never ahead of the
+lowest position every writer has made durable.  Batches that act on whole
+tables (a TRUNCATE, a backfill's begin or completion) are applied by the
+primary alone, whole, while the others are idle (the coordinator's barrier).
 """
 
 from __future__ import annotations
@@ -60,10 +72,29 @@ class ApplyResult:
     #: changes of this batch set aside as dead letters, and how many the store holds now
     dead_lettered: int = 0
     dead_letters: int = 0
+    #: the generation points are stamped with after this batch (partitioned writers get it from here)
+    generation: int | None = None
 
 
 def state_name(slot: str) -> str:
     return f"slot/{slot}"
+
+
+def partition_of(pid: str, count: int) -> int:
+    """Which of ``count`` partitioned writers applies point ``pid``.
+
+    The first 32 bits of the id (a UUID5: uniformly distributed hash bits), so the
+    answer is the same in every process (unlike ``hash()``) and every change of a
+    key lands on the same writer, in commit order.
+    """
+    return int(pid[:8], 16) % count if count > 1 else 0
+
+
+def is_barrier(batch: ChangeBatch) -> bool:
+    """Whether a batch must be applied whole by the primary writer while the others are idle:
+    it acts on whole tables (a TRUNCATE, a backfill's begin or completion), not on keys."""
+    return bool(batch.snapshot_complete or batch.backfill_begin
+                or any(c.op == "truncate" for c in batch.changes))
 
 
 class Writer:
@@ -80,6 +111,8 @@ class Writer:
         self.max_attempts = max(1, int(max_attempts))
         self.deadletters = DeadLetters(sink, slot, max_dead_letters)
         self.dead_lettered = 0
+        # the primary of partitioned writers: dead letters the others set aside since open()
+        self._others_dead_lettered = 0
         self._outage = Backoff(0.2, max_retry_delay)
         self._poison = Backoff(0.05, min(1.0, max_retry_delay))
         # set by interrupt() (another thread): a waiting retry gives up
@@ -118,7 +151,8 @@ class Writer:
         self.sink.ensure_ready(dimension)
         if self.payload_indexes:
             self.sink.ensure_payload_indexes(dict(self.payload_indexes))
-        self.deadletters.load()
+        self.deadletters.load()  # the other partitions' records too: they are all in the store
+        self._others_dead_lettered = 0
         self.last_seq = 0
 
     def interrupt(self) -> None:
@@ -139,8 +173,9 @@ class Writer:
         return self._state
 
     def begin_backfill(self, tables: list[str], publication: str, identity: dict[str, Any] | None = None,
-                       chunked: bool = False) -> None:
-        """Forget the old completion marker and choose the backfill's generation.
+                       chunked: bool = False) -> int:
+        """Forget the old completion marker and choose the backfill's generation (returned:
+        partitioned writers stamp their points with it too).
 
         Called before a fresh backfill reads the tables.  Every row it reads is
         written stamped with a new generation (so is every change streamed
@@ -176,8 +211,9 @@ class Writer:
         self._state = state
         # the writer may be restarted between snapshots; sequence numbers restart too
         self.last_seq = 0
+        return self._generation
 
-    def resume_backfill(self) -> None:
+    def resume_backfill(self) -> int:
         """Go on with the chunked backfill whose state :meth:`backfill_state` just read: same
         generation, same tables (its rows written so far keep counting as present)."""
         state = self._state
@@ -188,6 +224,7 @@ class Writer:
         self._backfill_tables = list(state.get("backfill_tables") or self._tables)
         self._identity = dict(state.get("identity") or {})
         self.last_seq = 0
+        return self._generation
 
     def _begin_again(self, tables: list[str]) -> None:
         """A chunked backfill of ``tables`` starts with the batch being applied (the stream
@@ -217,14 +254,29 @@ class Writer:
         self._state = state
         log.info("slot %s: backfilling %s again (generation %d)", self.slot, ", ".join(tables), self._generation)
 
-    def apply(self, batch: ChangeBatch, vectors: np.ndarray | None) -> ApplyResult:
+    def apply(self, batch: ChangeBatch, vectors: np.ndarray | None, part: tuple[int, int] | None = None,
+              generation: int | None = None,
+              wait_others: Callable[[], Sequence[ApplyResult]] | None = None) -> ApplyResult:
         """Write one batch: upserts and deletes, last change per key wins.
 
         ``vectors`` holds one row per upsert, in batch order.
+
+        Partitioned writers (see the module docstring): ``part = (i, W)`` writes only
+        the changes of partition ``i`` of ``W``.  The primary (``i = 0``) passes
+        ``wait_others``, which returns once writers ``1..W-1`` have written this batch
+        (and raises if one failed): the position and plan are recorded after it, never
+        before.  The others (``i > 0``) record nothing and stamp points with the
+        primary's ``generation``.  A batch that :func:`is_barrier` is never partitioned.
         """
         started = time.perf_counter()
         if batch.seq <= self.last_seq:
             raise OrderingError(f"batch {batch.seq} after batch {self.last_seq} on slot {self.slot}")
+        index, count = part or (0, 1)
+        follower = index > 0
+        if count > 1 and is_barrier(batch):
+            raise ValueError(f"batch {batch.seq} acts on whole tables: the primary writer applies it whole")
+        if follower:
+            self._generation = generation
         if batch.backfill_begin:
             self._begin_again(list(batch.backfill_begin["tables"]))
         embedded = [c for c in batch.changes if c.op == "upsert" and not c.text_unchanged]
@@ -249,6 +301,11 @@ class Writer:
                 n_del += self.sink.delete_table(change.table)
                 continue
             pid = point_id(change.table, change.key)
+            if count > 1 and partition_of(pid, count) != index:
+                # another writer's key; its vector (if any) is still counted to keep the rows aligned
+                if change.op == "upsert" and not change.text_unchanged:
+                    vector_index += 1
+                continue
             self._origin[pid] = (change.table, list(change.key), change.lsn)
             if change.op == "delete":
                 pending[pid] = None
@@ -293,22 +350,35 @@ class Writer:
         for letter in failed:
             self._dead_letter(letter)
         dead += len(failed)
-        if batch.snapshot_complete:
-            self._complete_backfill(batch.ack_lsn)
-        else:
-            self._record_position(batch.ack_lsn, batch.backfill)
         self.last_seq = batch.seq
         self.rows_applied += n_up + n_del
         self.upserts += n_up
         self.deletes += n_del
+        # this writer's own figures; the primary adds the other partitions' below
+        others_up = others_del = others_dead = 0
+        if wait_others is not None:
+            # every partition of this batch is durable before the position says so
+            for other in wait_others():
+                others_up, others_del = others_up + other.upserts, others_del + other.deletes
+                others_dead += other.dead_lettered
+            self._others_dead_lettered += others_dead
+        if follower:
+            pass  # the primary records the position, once every partition is written
+        elif batch.snapshot_complete:
+            self._complete_backfill(batch.ack_lsn)
+        else:
+            self._record_position(batch.ack_lsn, batch.backfill)
         seconds = time.perf_counter() - started
         if batch.changes:
             log.debug(
                 "slot %s: batch %d applied (%d upserts, %d deletes, ack %s) in %.1f ms",
-                self.slot, batch.seq, n_up, n_del, format_lsn(batch.ack_lsn), seconds * 1000,
+                self.slot, batch.seq, n_up + others_up, n_del + others_del, format_lsn(batch.ack_lsn),
+                seconds * 1000,
             )
-        return ApplyResult(batch.seq, batch.ack_lsn, n_up, n_del, batch.snapshot_complete, seconds,
-                           dead_lettered=dead, dead_letters=len(self.deadletters))
+        return ApplyResult(batch.seq, batch.ack_lsn, n_up + others_up, n_del + others_del,
+                           batch.snapshot_complete, seconds, dead_lettered=dead + others_dead,
+                           dead_letters=len(self.deadletters) + self._others_dead_lettered,
+                           generation=self._generation)
 
     def _flush(self, pending: dict[str, tuple[str, VectorPoint] | None]) -> int:
         """Write ``pending``; returns how many of its changes became dead letters."""

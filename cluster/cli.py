@@ -433,6 +433,7 @@ _BENCH_MODULES = {
     "cdc": ("benchmarks.bench_cdc", "changes/s the CDC reader decodes from a real slot (no model, no sink)"),
     "backfill": ("benchmarks.bench_backfill", "backfill rows/s at 1, 2, 4 chunk readers vs one snapshot (no model, no sink)"),
     "writer": ("benchmarks.bench_writer", "upsert rows/s into a private MariaDB for batch sizes 64..1024"),
+    "writers": ("benchmarks.bench_writers", "partitioned writers: rows/s the writer actors apply at [sink] writers = 1, 2, 4 (MariaDB)"),
     "confirm": ("benchmarks.bench_confirm", "commit -> in sink and commit -> slot confirmed latency, p50/p99"),
     "memory": ("benchmarks.bench_memory", "RSS of every Ray actor over a 200k-row backfill and a sink outage"),
     "search": ("benchmarks.bench_search", "POST /search QPS and p50/p95/p99 at concurrency 1..64, vs in-process"),

@@ -93,15 +93,40 @@ def store_behind(state: dict[str, Any], slot: dict[str, Any]) -> str | None:
     return None
 
 
+def apply_partitioned(writer: Any, partition_writers: list[Any], batch: Any, vectors: Any,
+                      generation: int | None) -> ray.ObjectRef:
+    """Start writing one batch; the returned ref completes once every partition is durable.
+
+    With partitioned writers (``[sink] writers``, actors/writer.py) each writer gets the
+    batch and writes its share of the keys, all at once; the primary is handed the
+    others' refs and records the position only after they completed, so an acknowledged
+    position is durable in every partition.  The caller starts the next batch only after
+    that (one apply in flight: cluster/flow.py), so no partition runs ahead of the
+    primary's bookkeeping.  ``generation``: what the primary stamps points with (the
+    others are told it here).
+    """
+    if not partition_writers:
+        return writer.apply.remote(batch, vectors)
+    count = len(partition_writers) + 1
+    others = [w.apply.remote(batch, vectors, (i, count), generation) for i, w in enumerate(partition_writers, start=1)]
+    return writer.apply.remote(batch, vectors, (0, count), generation, others)
+
+
 class PipelineCoordinator:
     """Drives one pipeline.  Plain class; ``PipelineActor`` runs it in the cluster."""
 
-    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int) -> None:
+    def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int,
+                 partition_writers: list[Any] | None = None) -> None:
         self.config = config
         self.dimension = dimension
         self.reader = reader
         self.embedders = embedders
+        #: the primary writer (partition 0 of ``[sink] writers``: the bookkeeping, searches, verify)
         self.writer = writer
+        #: writers 1..W-1 of partitioned writers (actors/writer.py), each with its share of the keys
+        self.partition_writers = list(partition_writers or [])
+        #: the generation the primary stamps points with; the partition writers are told it per batch
+        self._generation: int | None = None
         self.slot = config.source.slot
         self.window = config.inflight_batches
         self._stop = threading.Event()
@@ -140,7 +165,8 @@ class PipelineCoordinator:
         tables = sorted(t.name for t in self.config.tables)
         # Idempotent; after a failure the writer may be a restarted actor whose
         # sink is not open yet, and its batch sequence starts over with the reader's.
-        ray.get(self.writer.open.remote(self.dimension))
+        ray.get([w.open.remote(self.dimension) for w in self.writers])
+        self._generation = None
         state = ray.get(self.writer.backfill_state.remote())
         slot = ray.get(self.reader.slot_status.remote())
         # a table added to the config is backfilled beside the resumed stream (below); one
@@ -159,7 +185,7 @@ class PipelineCoordinator:
         if resume and not state.get("backfill_complete"):
             # A chunked backfill under way: the stream resumes from the slot, the chunks from
             # the plan stored with the last one written (an empty plan: none was).
-            ray.get(self.writer.resume_backfill.remote())
+            self._generation = ray.get(self.writer.resume_backfill.remote())
             plan = state.get("plan") or {}
             info = ray.get(self.reader.start.remote(False, plan, state.get("backfill_tables") or state.get("tables")))
             self._began_backfill(info, int(plan.get("rows") or 0))
@@ -176,7 +202,8 @@ class PipelineCoordinator:
         # row is written, so a crash mid-backfill backfills again (a snapshot
         # from its start; chunks from the last one stored).
         chunked = self.config.source.backfill_mode == "chunks"
-        ray.get(self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"], chunked))
+        self._generation = ray.get(
+            self.writer.begin_backfill.remote(tables, self.config.source.publication, slot["identity"], chunked))
         info = ray.get(self.reader.start.remote(True))
         # a fresh backfill is written from its first row again: progress starts over
         self._began_backfill(info, 0)
@@ -269,7 +296,7 @@ class PipelineCoordinator:
                     action.entry.vectors = self._embedder().embed_batch.remote(action.entry.batch)
                 elif isinstance(action, Apply):
                     # the writer waits for the vectors ref itself
-                    applying = (action.entry, self.writer.apply.remote(action.entry.batch, action.entry.vectors))
+                    applying = (action.entry, self._apply(action.entry))
                 elif isinstance(action, Ack):
                     self._advance_acked(action.lsn)
                     if action.confirm:
@@ -282,7 +309,8 @@ class PipelineCoordinator:
                 if applying is not None and not interrupted:
                     # a write waiting for an absent sink gives up (unacknowledged: replayed
                     # on the next start); a write that succeeds is not affected
-                    self.writer.interrupt.remote()
+                    for writer in self.writers:
+                        writer.interrupt.remote()
                     interrupted = True
             if flow.drained:
                 break
@@ -319,6 +347,18 @@ class PipelineCoordinator:
         ray.get(self.reader.close.remote())
         log.info("slot %s: stopped after confirming %s", self.slot, format_lsn(self.acked_lsn or None))
 
+    @property
+    def writers(self) -> list[Any]:
+        """Every writer: the primary first."""
+        return [self.writer, *self.partition_writers]
+
+    def _apply(self, entry: Entry) -> ray.ObjectRef:
+        """Start writing ``entry`` (see :func:`apply_partitioned`); a batch that acts on whole
+        tables (``barrier``), or holds no change, goes to the primary alone."""
+        whole = bool(entry.meta.get("barrier") or not entry.meta["changes"])
+        return apply_partitioned(self.writer, [] if whole else self.partition_writers, entry.batch, entry.vectors,
+                                 self._generation)
+
     def _advance_acked(self, lsn: int) -> None:
         with self._acked_changed:
             self.acked_lsn = lsn
@@ -343,6 +383,7 @@ class PipelineCoordinator:
 
     def _applied(self, entry: Entry, result: Any) -> None:
         self.dead_letters = result.dead_letters
+        self._generation = result.generation
         rows = result.upserts + result.deletes
         self.rows_applied += rows
         commit_time = entry.meta.get("commit_time")
@@ -487,9 +528,9 @@ class PipelineActor:
     """Runs a :class:`PipelineCoordinator` on a thread; answers ``stats`` meanwhile."""
 
     def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", partition_writers: list[Any] | None = None) -> None:
         setup_logging(log_level)
-        self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension)
+        self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension, partition_writers)
         self.thread: threading.Thread | None = None
         self.exporter: Any = None
         self._parts_lock = threading.Lock()

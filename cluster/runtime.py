@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -222,6 +222,8 @@ class RunningPipeline:
     writer: Any
     pipeline: Any
     dimension: int
+    #: writers 1..W-1 of ``[sink] writers`` (the primary is ``writer``)
+    partition_writers: list[Any] = field(default_factory=list)
 
     def stats(self, timeout: float = 30.0) -> dict[str, Any]:
         import ray
@@ -233,10 +235,10 @@ class RunningPipeline:
 
         stats = ray.get(self.pipeline.stop.remote(timeout), timeout=timeout + 10)
         try:
-            ray.get(self.writer.close.remote(), timeout=30)
+            ray.get([w.close.remote() for w in (self.writer, *self.partition_writers)], timeout=30)
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
-        for handle in [self.pipeline, self.reader, self.writer, *self.embedders]:
+        for handle in [self.pipeline, self.reader, self.writer, *self.partition_writers, *self.embedders]:
             ray.kill(handle)
         return stats
 
@@ -300,30 +302,39 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     control = dict(config.ray.control_resources) or None
     writer = WriterActor.options(name=WRITER_ACTOR, max_restarts=-1, resources=control).remote(
         config.sink, config.source.slot, log_level, config.pipeline.writer_retries(), payload_indexes(specs))
+    # [sink] writers = W: W-1 more, each with its own connection and share of the keys (actors/writer.py);
+    # like the primary they restart, and the coordinator replays from the slot meanwhile
+    partition_writers = [
+        WriterActor.options(name=f"{WRITER_ACTOR}-{i}", max_restarts=-1, resources=control).remote(
+            config.sink, config.source.slot, log_level, config.pipeline.writer_retries(), None, i)
+        for i in range(1, config.sink.writers)
+    ]
     reader = CdcReaderActor.options(name="reader", max_restarts=-1, resources=control).remote(
         config.source, specs, log_level)
     try:
-        # the reader and the writer too: a control resource no node offers would leave them waiting
-        placed = [e.info.remote() for e in embedders] + [writer.__ray_ready__.remote(), reader.__ray_ready__.remote()]
+        # the reader and the writers too: a control resource no node offers would leave them waiting
+        placed = [e.info.remote() for e in embedders] + [w.__ray_ready__.remote() for w in (writer, *partition_writers)]
+        placed.append(reader.__ray_ready__.remote())
         infos = ray.get(_placed(placed, emb, config.ray.control_resources))[: len(embedders)]
         dimension = infos[0]["dimension"]
-        ray.get(writer.open.remote(dimension))
+        ray.get([w.open.remote(dimension) for w in (writer, *partition_writers)])
     except Exception as exc:  # noqa: BLE001 - report the cause in one line
-        for handle in [reader, writer, *embedders]:
+        for handle in [reader, writer, *partition_writers, *embedders]:
             ray.kill(handle)
         raise StartupError(error_line(exc)) from None
     log.info(
         "embedding pool: %d actor(s) on %s (%s), %d threads each (%d model worker(s)), dim %d",
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, infos[0]["workers"], dimension,
     )
-    pipeline = PipelineActor.options(name=PIPELINE_ACTOR, resources=control).remote(config, reader, embedders, writer, dimension, log_level)
+    pipeline = PipelineActor.options(name=PIPELINE_ACTOR, resources=control).remote(
+        config, reader, embedders, writer, dimension, log_level, partition_writers)
     try:
         ray.get(pipeline.start.remote())
     except Exception as exc:  # noqa: BLE001 - e.g. serve.metrics_port taken: one line
-        for handle in [pipeline, reader, writer, *embedders]:
+        for handle in [pipeline, reader, writer, *partition_writers, *embedders]:
             ray.kill(handle)
         raise StartupError(error_line(exc)) from None
-    return RunningPipeline(reader, embedders, writer, pipeline, dimension)
+    return RunningPipeline(reader, embedders, writer, pipeline, dimension, partition_writers)
 
 
 def deploy_search(config: Config, log_level: str = "INFO") -> str:

@@ -543,3 +543,25 @@ def test_custom_resources_for_the_embedding_and_control_actors(tmp_path):
     assert "embedding.resources" in gpu and "gpus_per_actor" in gpu and "\n" not in gpu
     zero = load_error(write(tmp_path, MINIMAL + "\n[ray]\ncontrol_resources = {head = 0}\n"))
     assert "ray.control_resources" in zero and "above 0" in zero
+
+
+# -- [sink] writers (partitioned writers) ---------------------------------------------------------
+
+
+def test_sink_writers_default_to_one_and_take_more_on_mysql_and_a_qdrant_server(tmp_path):
+    assert load_config(write(tmp_path, EXAMPLE), environ={}).sink.writers == 1
+    mysql = load_config(write(tmp_path, MYSQL_EXAMPLE.replace(MYSQL_SINK, MYSQL_SINK + "writers = 4\n")), environ={})
+    assert mysql.sink.writers == 4
+    server = EXAMPLE.replace('url = ""', 'url = "http://127.0.0.1:6333"\nwriters = 2')
+    assert load_config(write(tmp_path, server), environ={}).sink.writers == 2
+
+
+def test_several_writers_on_the_embedded_store_are_refused_naming_the_key(tmp_path):
+    message = load_error(write(tmp_path, EXAMPLE.replace('url = ""', 'url = ""\nwriters = 2')))
+    assert "sink.writers" in message
+    assert "one process" in message and "sink.url" in message
+
+
+@pytest.mark.parametrize("bad", ["0", "65", '"two"'])
+def test_a_bad_writers_count_names_the_key(tmp_path, bad):
+    assert "sink.writers" in load_error(write(tmp_path, MYSQL_EXAMPLE.replace(MYSQL_SINK, MYSQL_SINK + f"writers = {bad}\n")))

@@ -441,3 +441,116 @@ def test_resume_backfill_refuses_without_a_chunked_backfill_under_way(writer):
     assert writer.backfill_state() is None
     with pytest.raises(RuntimeError, match="no chunked backfill"):
         writer.resume_backfill()
+
+
+# -- partitioned writers ([sink] writers = W) ---------------------------------------------------
+
+
+def test_partition_of_is_stable_spreads_keys_and_keeps_one_writer_per_key():
+    from actors.writer import partition_of
+
+    ids = [point_id(A, (i,)) for i in range(4000)]
+    for count in (2, 3, 4):
+        parts = [partition_of(pid, count) for pid in ids]
+        assert parts == [partition_of(pid, count) for pid in ids]  # no per-process salt (unlike hash())
+        shares = [parts.count(i) / len(ids) for i in range(count)]
+        assert all(abs(share - 1 / count) < 0.05 for share in shares), shares
+    assert {partition_of(pid, 1) for pid in ids} == {0}
+    # the id's own first 32 bits: the same in every process and every release
+    assert partition_of("0000000a-0000-5000-8000-000000000000", 4) == 10 % 4
+
+
+def _partitioned(writers: list[Writer], seq: int, changes: list[Change], calls: list[str] | None = None, **kw):
+    """What the coordinator does with W writers: each writes its share of the same batch, the primary last
+    records the position once the others' results are in (here: in turn, in one process)."""
+    n = sum(1 for c in changes if c.op == "upsert" and not c.text_unchanged)
+    vectors = np.stack([vec(seq * 1000 + i) for i in range(n)]) if n else None
+    batch = ChangeBatch(seq=seq, changes=changes, **kw)
+    count = len(writers)
+
+    def others():
+        if calls is not None:
+            calls.append("others")
+        return [w.apply(batch, vectors, (i, count), writers[0]._generation) for i, w in enumerate(writers[1:], 1)]
+
+    return writers[0].apply(batch, vectors, (0, count), None, others), vectors
+
+
+def test_partitioned_writers_store_exactly_what_one_writer_stores(tmp_path, sink):
+    single = QdrantSink(QdrantSinkConfig(path=str(tmp_path / "single"), collection="unit"))
+    single.ensure_ready(DIM)
+    one = Writer(single, slot="unit_slot")
+    one.open(DIM)
+    writers = [Writer(sink, slot="unit_slot") for _ in range(3)]
+    for w in writers:
+        w.open(DIM)
+    batches = [
+        [up(A, i, lsn=10) for i in range(40)] + [dele(A, 3, lsn=10), up(B, 1, lsn=10)],
+        [up(A, 5, text="new five", lsn=20), dele(A, 7, lsn=20), up(A, 7, text="back", lsn=20),
+         same_text(A, 9, f"text {A} (9,)", k=[99])],
+    ]
+    total = 0
+    for seq, changes in enumerate(batches, start=1):
+        result, vectors = _partitioned(writers, seq, changes, ack_lsn=seq * 100)
+        one.apply(ChangeBatch(seq=seq, changes=changes, ack_lsn=seq * 100), vectors)
+        total += result.upserts + result.deletes
+    assert total == sum(len(b) for b in batches)  # the primary reports every partition's rows
+    got, want = stored(sink, with_vectors=True), stored(single, with_vectors=True)
+    assert got.keys() == want.keys()
+    for pid, point in want.items():
+        assert got[pid].text == point.text and got[pid].payload == point.payload
+        assert np.allclose(got[pid].vector, point.vector)  # each point got its own change's vector
+    assert writers[0].upserts + writers[1].upserts + writers[2].upserts == one.upserts
+    assert all(w.upserts for w in writers)  # every writer had a share
+    single.close()
+
+
+def test_the_primary_records_the_position_only_after_every_partition_is_written(sink):
+    writers = [Writer(sink, slot="unit_slot") for _ in range(2)]
+    for w in writers:
+        w.open(DIM)
+    writers[0].begin_backfill([A], "pub", {"system_id": "7"})
+    writers[0].apply(ChangeBatch(seq=1, changes=[], snapshot_complete=True, ack_lsn=100), None)
+    calls: list[str] = []
+    original = writers[0]._record_position
+
+    def record(lsn, plan=None):
+        calls.append("position")
+        original(lsn, plan)
+
+    writers[0]._record_position = record
+    _partitioned(writers, 2, [up(A, i, lsn=150) for i in range(10)], calls, ack_lsn=160)
+    assert calls == ["others", "position"]
+    assert sink.get_state(state_name("unit_slot"))["position"] == 160
+
+    def failing():
+        raise RuntimeError("writer 1 died")
+
+    batch = ChangeBatch(seq=3, changes=[up(A, i, lsn=170) for i in range(10)], ack_lsn=180)
+    with pytest.raises(RuntimeError, match="writer 1 died"):
+        writers[0].apply(batch, np.stack([vec(i) for i in range(10)]), (0, 2), None, failing)
+    assert sink.get_state(state_name("unit_slot"))["position"] == 160  # not moved past an unwritten partition
+
+
+def test_batches_on_whole_tables_are_never_partitioned(writer):
+    vectors = np.stack([vec(1)])
+    for kw in ({"snapshot_complete": True}, {"backfill_begin": {"tables": [A], "total": {"rows": 1}}}):
+        with pytest.raises(ValueError, match="whole"):
+            writer.apply(ChangeBatch(seq=1, changes=[up(A, 1)], **kw), vectors, (0, 2))
+    with pytest.raises(ValueError, match="whole"):
+        writer.apply(ChangeBatch(seq=1, changes=[up(A, 1), trunc(B)]), vectors, (1, 2), 5)
+
+
+def test_partition_writers_stamp_the_primarys_generation_so_its_sweep_keeps_their_points(sink):
+    writers = [Writer(sink, slot="unit_slot") for _ in range(2)]
+    for w in writers:
+        w.open(DIM)
+    _partitioned(writers, 1, [up(A, i) for i in range(20)])  # an earlier run's points
+    generation = writers[0].begin_backfill([A], "pub", chunked=True)
+    writers[1].open(DIM)  # the coordinator opens every writer at each (re)start: sequences start over
+    assert generation == writers[0]._generation
+    keep = [up(A, i) for i in range(0, 20, 2)]  # the odd keys are gone from the source
+    result, _ = _partitioned(writers, 1, keep, ack_lsn=100)
+    assert result.generation == generation
+    writers[0].apply(ChangeBatch(seq=2, changes=[], snapshot_complete=True, ack_lsn=110), None)
+    assert stored_keys(sink, A) == {(i,) for i in range(0, 20, 2)}

@@ -28,6 +28,9 @@ class MySQLSinkConfig(Section):
     distance: Literal["cosine"] = "cosine"
     #: overrides the DSN's password; set from EMBEDCLUSTER_SINK_PASSWORD by cluster/config.py
     password: SecretStr | None = None
+    #: writer processes, each with its own connection, sharing the writes by point id
+    #: (actors/writer.py: partitioned writers); every key's changes stay with one writer, in order
+    writers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("table")
     @classmethod

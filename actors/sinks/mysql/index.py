@@ -89,6 +89,7 @@ class IndexMixin:
     _index_checked_at: float
     _changes_since_check: int
     _next_index_check: int
+    maintains_index: bool
 
     def _index_present(self) -> bool:
         lookups = self.sql.index_lookup_sql()
@@ -175,7 +176,7 @@ class IndexMixin:
         return plan
 
     def _after_write(self, changes: int) -> None:
-        if not self.sql.size_managed_index or changes <= 0:
+        if not self.sql.size_managed_index or changes <= 0 or not self.maintains_index:
             return
         self._changes_since_check += changes
         if self._changes_since_check >= self._next_index_check:

@@ -116,6 +116,9 @@ class MySQLSink(SchemaMixin, IndexMixin, ConnectionMixin, VectorSink):
         self._index_checked_at = 0.0
         self._changes_since_check = 0
         self._next_index_check = 0
+        #: False in the partitioned writers but the first (actors/writer.py): one process decides when
+        #: the vector index is built or rebuilt, instead of W racing to run the same DDL
+        self.maintains_index = True
 
     def _read_server_info(self) -> ServerInfo:
         def read(cur: Any) -> ServerInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from actors.config import Section, check_identifier
 
@@ -31,8 +31,21 @@ class QdrantSinkConfig(Section):
     #: Embedded, it bounds one call into Edge (the memory one request takes).  A single point over it is
     #: refused (PointTooLarge): raise both this and the server's limit for larger texts.
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=16 << 10)
+    #: writer processes sharing the writes by point id (actors/writer.py: partitioned writers).
+    #: A Qdrant server takes concurrent writers; the embedded store has one owner process (the
+    #: writer, which also answers searches), so there it must stay 1.
+    writers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("collection")
     @classmethod
     def _collection(cls, value: str) -> str:
         return check_identifier(value, "store")
+
+    @field_validator("writers")
+    @classmethod
+    def _one_owner_when_embedded(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and not info.data.get("url"):
+            raise ValueError(
+                f"{value} writers need a Qdrant server (sink.url): the embedded store is owned by one process, "
+                "so set sink.writers = 1, or point sink.url at a Qdrant server")
+        return value
