@@ -218,13 +218,13 @@ class PipelineCoordinator:
         ray.get(self.reader.request_backfill.remote(added))
         log.info("slot %s: %s added to the config: backfilling beside the stream", self.slot, ", ".join(added))
 
-    def _began_backfill(self, info: dict[str, Any], rows: int) -> None:
+    def _began_backfill(self, info: dict[str, Any], rows: int, state: str = "backfilling") -> None:
         self.backfill_rows = rows
         self._backfill_rows_before = rows  # written by an earlier run (a resumed chunked backfill)
         self.backfill_total = info.get("backfill_total")
         self._backfill_since = time.monotonic()
         self._backfill_took = None
-        self.state = "backfilling"
+        self.state = state
 
     # -- the loop ---------------------------------------------------------------
 
@@ -402,9 +402,7 @@ class PipelineCoordinator:
             # index keeps serving meanwhile, so the state (and /healthz) stays "streaming";
             # /stats shows its progress.
             if self.state == "streaming" or self.backfill_total is None:
-                state = self.state
-                self._began_backfill({"backfill_total": begin["total"]}, 0)
-                self.state = state
+                self._began_backfill({"backfill_total": begin["total"]}, 0, state=self.state)
             else:  # joins the one under way
                 self.backfill_total = {"rows": self.backfill_total["rows"] + begin["total"]["rows"],
                                        "estimate": self.backfill_total.get("estimate") or begin["total"]["estimate"]}
@@ -470,6 +468,7 @@ class PipelineCoordinator:
             "rows_applied": self.rows_applied,
             "backfill_rows": self.backfill_rows,
             "batches_applied": self.batches_applied,
+            "writers": len(self.writers),
             "acked_lsn": format_lsn(self.acked_lsn or None),
             **self._slot_stats,
             "errors": self.errors,

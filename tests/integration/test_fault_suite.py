@@ -108,6 +108,7 @@ def test_mixed_workload_while_every_part_is_killed(dsn: str, sink_settings: dict
     config = write_config(tmp_path / "ec.toml", dsn, port, sink_settings, slot="faults", tables=tables)
     app = start_run(config, port, tmp_path / "run1.log")
     wait_for(lambda: len(ray_actor_pids("WriterActor")) == writers, 60, f"{writers} writer processes")
+    assert app.stats()["writers"] == writers  # /stats says how many write
     workload = Workload(dsn, seed=2024)
     workload.start()
     kills: list[str] = []
