@@ -140,12 +140,58 @@ class _Reader:
 
 _U32 = struct.Struct(">I").unpack_from
 _I16 = struct.Struct(">h").unpack_from
-_I32 = struct.Struct(">i").unpack_from
 _BEGIN = struct.Struct(">QqI").unpack_from
 _COMMIT = struct.Struct(">bQQq").unpack_from
 _TAG_I, _TAG_U, _TAG_D, _TAG_B, _TAG_C = b"IUDBC"
 _N, _K, _O = b"NKO"
-_KIND_T, _KIND_N, _KIND_U, _KIND_B = b"tnub"
+# tuple column kinds ("t", "n", "u", "b") are literals in _tuple: 116, 110, 117, 98
+
+
+def _tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int, bool]:
+    """TupleData at ``buf[pos]``: (column name -> value, position after it, any column unchanged TOAST).
+
+    The innermost loop of the reader (once per column of every change): a module
+    function with its constants local, text columns tested first.
+    """
+    n = _I16(buf, pos)[0]
+    pos += 2
+    if n != len(plan):
+        if n > len(plan):
+            raise ProtocolError(f"tuple has {n} columns, relation {rel.qualified_name} has {len(plan)}")
+        plan = plan[:n]
+    row: dict[str, Any] = {}
+    toasted = False
+    end_of_buf = len(buf)
+    for name, conv in plan:
+        kind = buf[pos]
+        if kind == 116:  # 't': text, length-prefixed
+            start = pos + 5
+            # unsigned: a negative length becomes a huge one, which the same test catches
+            pos = start + _U32(buf, pos + 1)[0]
+            if pos > end_of_buf:
+                raise ProtocolError("message truncated")
+            if conv is None:
+                row[name] = buf[start:pos].decode()
+            elif conv is int:
+                row[name] = int(buf[start:pos])  # int() reads the ASCII digits itself: no str in between
+            else:
+                row[name] = conv(buf[start:pos].decode())
+        elif kind == 110:  # 'n': NULL
+            row[name] = None
+            pos += 1
+        elif kind == 117:  # 'u': unchanged TOAST, not resent
+            row[name] = UNCHANGED_TOAST
+            toasted = True
+            pos += 1
+        elif kind == 98:  # 'b': binary (never asked for: we do not request binary mode)
+            start = pos + 5
+            pos = start + _U32(buf, pos + 1)[0]
+            if pos > end_of_buf:
+                raise ProtocolError("message truncated")
+            row[name] = buf[start:pos]
+        else:
+            raise ProtocolError(f"unknown tuple column kind {chr(kind)!r}")
+    return row, pos, toasted
 
 
 class PgOutputDecoder:
@@ -161,41 +207,60 @@ class PgOutputDecoder:
         self._plans: dict[int, tuple[Relation, list[tuple[str, Any]]]] = {}
 
     def decode(self, data: bytes | memoryview) -> Message:
+        """One pgoutput message (the payload of an XLogData) as a message object."""
         buf = data if type(data) is bytes else bytes(data)
         try:
+            tag = buf[0]
+            if tag == _TAG_I or tag == _TAG_U or tag == _TAG_D:
+                kind, rel, new, old, _ = self.row_at(buf, 0)
+                return RowChange(kind, rel, new, old)
             return self._decode_fast(buf)
         except (struct.error, IndexError):
             raise ProtocolError("message truncated") from None
 
-    def _decode_fast(self, buf: bytes) -> Message:
-        """Hot messages (row changes, begin, commit) without the generic reader."""
-        tag = buf[0]
+    def row_at(self, buf: bytes, pos: int) -> tuple[str, Relation, dict[str, Any] | None, dict[str, Any] | None, bool]:
+        """The Insert, Update or Delete message starting at ``buf[pos]``, as a plain tuple.
+
+        ``(kind, relation, new, old, toasted)``: the fields of :class:`RowChange`,
+        and whether the *new* tuple has a column the server did not resend
+        (``UNCHANGED_TOAST``).  The reader's hot path: it takes the message inside
+        the XLogData envelope without copying it out, and builds no RowChange
+        for the common case.  Truncated input raises ``struct.error`` or
+        ``IndexError`` (:meth:`decode` turns them into :class:`ProtocolError`).
+        """
+        tag = buf[pos]
+        relid = _U32(buf, pos + 1)[0]
+        entry = self._plans.get(relid)
+        if entry is None or entry[0] is not self.relations.get(relid):
+            entry = self._plan(relid)
+        rel, plan = entry
+        marker = buf[pos + 5]
+        pos += 6
         if tag == _TAG_I:
-            rel, plan = self._plan(_U32(buf, 1)[0])
-            if buf[5] != _N:
+            if marker != _N:
                 raise ProtocolError("insert without new tuple")
-            row, _ = self._tuple_fast(buf, 6, rel, plan)
-            return RowChange("I", rel, new=row)
+            new, _, toasted = _tuple(buf, pos, rel, plan)
+            return "I", rel, new, None, toasted
         if tag == _TAG_U:
-            rel, plan = self._plan(_U32(buf, 1)[0])
             old = None
-            marker = buf[5]
-            pos = 6
             if marker == _K or marker == _O:
-                old, pos = self._tuple_fast(buf, pos, rel, plan)
+                old, pos, _ = _tuple(buf, pos, rel, plan)
                 marker = buf[pos]
                 pos += 1
             if marker != _N:
                 raise ProtocolError("update without new tuple")
-            new, _ = self._tuple_fast(buf, pos, rel, plan)
-            return RowChange("U", rel, new=new, old=old)
+            new, _, toasted = _tuple(buf, pos, rel, plan)
+            return "U", rel, new, old, toasted
         if tag == _TAG_D:
-            rel, plan = self._plan(_U32(buf, 1)[0])
-            marker = buf[5]
             if marker != _K and marker != _O:
                 raise ProtocolError("delete without old tuple")
-            old, _ = self._tuple_fast(buf, 6, rel, plan)
-            return RowChange("D", rel, old=old)
+            old, _, _ = _tuple(buf, pos, rel, plan)
+            return "D", rel, None, old, False
+        raise ProtocolError(f"not a row change: {chr(tag)!r}")
+
+    def _decode_fast(self, buf: bytes) -> Message:
+        """Begin and commit without the generic reader (row changes: :meth:`row_at`)."""
+        tag = buf[0]
         if tag == _TAG_B:
             final_lsn, ts, xid = _BEGIN(buf, 1)
             return Begin(final_lsn=final_lsn, commit_ts=ts, xid=xid)
@@ -211,37 +276,6 @@ class PgOutputDecoder:
             entry = (rel, [(c.name, converter_for(c.type_oid, self.types)) for c in rel.columns])
             self._plans[relid] = entry
         return entry
-
-    @staticmethod
-    def _tuple_fast(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int]:
-        n = _I16(buf, pos)[0]
-        pos += 2
-        if n > len(plan):
-            raise ProtocolError(f"tuple has {n} columns, relation {rel.qualified_name} has {len(plan)}")
-        row: dict[str, Any] = {}
-        end_of_buf = len(buf)
-        for name, conv in plan[:n] if n < len(plan) else plan:
-            kind = buf[pos]
-            pos += 1
-            if kind == _KIND_T or kind == _KIND_B:  # length-prefixed value: text or binary
-                size = _I32(buf, pos)[0]
-                pos += 4
-                end = pos + size
-                if end > end_of_buf or size < 0:
-                    raise ProtocolError("message truncated")
-                if kind == _KIND_T:
-                    text = buf[pos:end].decode("utf-8")
-                    row[name] = text if conv is None else conv(text)
-                else:
-                    row[name] = buf[pos:end]
-                pos = end
-            elif kind == _KIND_N:
-                row[name] = None
-            elif kind == _KIND_U:
-                row[name] = UNCHANGED_TOAST
-            else:
-                raise ProtocolError(f"unknown tuple column kind {chr(kind)!r}")
-        return row, pos
 
     def _decode_generic(self, data: bytes) -> Message:
         """The rarer messages: Relation, Truncate, and those we ignore."""

@@ -7,7 +7,9 @@ or any actor starts, and reported as one line naming the problem and the fix
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import os
 import re
 import string
@@ -117,8 +119,8 @@ class _PgFormatter(_BlankNone):
 def _plain_fields(template: str) -> tuple[str, ...] | None:
     """Field names when every placeholder is a bare ``{column}`` (no spec, no conversion), else None.
 
-    For such templates ``str.format_map`` with NULLs replaced by ``""`` gives
-    exactly what ``_BlankNone`` does, at C speed.
+    For such templates ``str.format`` with NULLs replaced by ``""`` gives
+    exactly what ``_BlankNone`` does, at C speed (see :func:`_positional`).
     """
     names: list[str] = []
     for _, name, spec, conversion in string.Formatter().parse(template):
@@ -129,6 +131,37 @@ def _plain_fields(template: str) -> tuple[str, ...] | None:
         if name not in names:
             names.append(name)
     return tuple(names)
+
+
+def _positional(template: str, names: tuple[str, ...]) -> str:
+    """A plain template with its ``{column}`` fields numbered (``{0}``, ``{1}``...) in ``names`` order.
+
+    ``render`` then fills it from one ``itemgetter`` call: ``format(*values)`` prints
+    each value exactly as ``format_map`` would (``format(value, "")``), with no dict
+    of values built per row.  Literal braces stay escaped.
+    """
+    out: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is not None:
+            out.append("{%d}" % names.index(name))
+    return "".join(out)
+
+
+def _one_value(name: str, row: dict[str, Any]) -> tuple[Any]:
+    return (row[name],)
+
+
+def _no_values(row: dict[str, Any]) -> tuple[()]:
+    return ()
+
+
+def _values_getter(names: tuple[str, ...]) -> Any:
+    """``row -> tuple of row[name] for names`` in C where it can (``itemgetter`` of a single
+    name returns the value itself, not a 1-tuple); picklable, as a TableSpec travels to Ray actors."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    return functools.partial(_one_value, names[0]) if names else _no_values
 
 
 @dataclass(slots=True)
@@ -152,10 +185,12 @@ class TableSpec:
     _converters: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _renderers: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _numeric: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
-    # a plain template's columns whose str() is their text form, and the others with their renderer
-    _plain_as_is: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
-    _plain_render: tuple[tuple[str, Any], ...] = field(default=(), init=False, repr=False, compare=False)
     _template_columns: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # a plain template numbered (see _positional), the getter of its columns' values, and their
+    # renderers (None: str() is the text form) when any column has one
+    _plain_positional: str = field(default="", init=False, repr=False, compare=False)
+    _plain_get: Any = field(default=None, init=False, repr=False, compare=False)
+    _plain_renderers: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._plain = _plain_fields(self.config.text)
@@ -169,8 +204,11 @@ class TableSpec:
         self._renderers = {c: renderer_for(t, types) for c, t in self.column_types.items()}
         self._numeric = frozenset(c for c, t in self.column_types.items() if is_numeric_type(t, types))
         plain = self._plain or ()
-        self._plain_as_is = tuple(c for c in plain if self._renderers.get(c) is None)
-        self._plain_render = tuple((c, self._renderers[c]) for c in plain if self._renderers.get(c) is not None)
+        if self._plain is not None:
+            self._plain_positional = _positional(self.config.text, plain)
+            self._plain_get = _values_getter(plain)
+            renderers = tuple(self._renderers.get(c) for c in plain)
+            self._plain_renderers = renderers if any(r is not None for r in renderers) else None
 
     @property
     def template_columns(self) -> tuple[str, ...]:
@@ -201,15 +239,15 @@ class TableSpec:
         """Text to embed and payload to store for one row (converted values)."""
         if self._plain is not None:
             # PostgreSQL's text form of each value (jsonb as JSON, 'true'/'false', numerics
-            # as stored), not a Python repr: str() of text and integers is that form already
-            values = {}
-            for col in self._plain_as_is:
-                v = row[col]
-                values[col] = "" if v is None else v
-            for col, render in self._plain_render:
-                v = row[col]
-                values[col] = "" if v is None else render(v)
-            text = self.config.text.format_map(values)
+            # as stored), not a Python repr: str() of text and integers is that form already.
+            # The per-change hot path: one C call gets the values, one formats them.
+            values = self._plain_get(row)
+            renderers = self._plain_renderers
+            if renderers is not None:
+                values = ["" if v is None else v if r is None else r(v) for v, r in zip(values, renderers)]
+            elif None in values:
+                values = ["" if v is None else v for v in values]
+            text = self._plain_positional.format(*values)
         else:
             text = _PgFormatter(self._renderers, self._numeric).vformat(self.config.text, (), row)
         get = row.get

@@ -502,3 +502,71 @@ def test_logical_message_carries_prefix_content_and_lsn(decoder):
     assert decoder.decode(logical_message("other", b"", transactional=False)).transactional is False
     with pytest.raises(ProtocolError):
         decoder.decode(logical_message("p", b"abc")[:-1])  # the content cut short
+
+
+# -- row_at: the reader's hot path (a row change inside its XLogData envelope) ------------------
+
+
+def _envelope(payload: bytes) -> bytes:
+    return b"w" + struct.pack(">QQq", 0x10, 0x20, 0) + payload
+
+
+ROW = [7, "Dune", "A desert planet", -1965, "12.50", '{"a": 1}', "t"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        insert(BOOKS_RELID, ROW),
+        insert(BOOKS_RELID, [7, None, "ü ✓ 日本", 0, None, None, "f"]),
+        update(BOOKS_RELID, ROW),
+        update(BOOKS_RELID, ROW, old=[6, None, None, None, None, None, None]),
+        update(BOOKS_RELID, ROW, old=[6, "x", "y", 1, "2", "{}", "t"], old_kind=b"O"),
+        update(BOOKS_RELID, [7, "Dune", UNCHANGED_TOAST, 1965, "1", "{}", "t"]),
+        delete(BOOKS_RELID, [7, None, None, None, None, None, None]),
+    ],
+    ids=["insert", "insert-nulls-utf8", "update", "update-key", "update-full", "update-toast", "delete"],
+)
+def test_row_at_inside_the_envelope_equals_decode(decoder, message):
+    """row_at reads the message where it lies in the CopyData (offset 25) and gives exactly
+    what decode() gives for the payload alone, plus whether the new tuple lacks a TOAST value."""
+    want = decoder.decode(message)
+    kind, rel, new, old, toasted = decoder.row_at(_envelope(message), 25)
+    assert RowChange(kind, rel, new, old) == want
+    assert rel is want.relation
+    assert toasted == (new is not None and UNCHANGED_TOAST in new.values())
+    if new is not None:  # the values' types too, not just equality (1 == 1.0 == True)
+        assert [type(v) for v in new.values()] == [type(v) for v in want.new.values()]
+
+
+def test_row_at_converts_integers_from_the_bytes(decoder):
+    big = 2**63 - 1
+    d = PgOutputDecoder()
+    d.decode(relation(5, "public", "n", "d", [(1, "a", INT8, -1), (0, "b", INT2, -1), (0, "c", INT4, -1)]))
+    _, _, new, _, _ = d.row_at(insert(5, [big, -32768, 0]), 0)
+    assert new == {"a": big, "b": -32768, "c": 0} and all(type(v) is int for v in new.values())
+    with pytest.raises(ValueError):  # not a number: as int(str) would
+        d.row_at(insert(5, ["x1", 1, 1]), 0)
+
+
+def test_row_at_follows_a_new_relation_message(decoder):
+    """A Relation message for the same relid (ALTER TABLE) replaces the column plan at once."""
+    assert decoder.row_at(insert(BOOKS_RELID, ROW), 0)[2]["id"] == 7
+    decoder.decode(relation(BOOKS_RELID, "public", "books", "d", [(1, "id", TEXT, -1), (0, "extra", INT4, -1)]))
+    _, _, new, _, _ = decoder.row_at(insert(BOOKS_RELID, ["7", "8"]), 0)
+    assert new == {"id": "7", "extra": 8}
+
+
+def test_row_at_rejects_other_messages_and_unknown_relations(decoder):
+    with pytest.raises(ProtocolError):
+        decoder.row_at(begin(1, 2, 3), 0)
+    with pytest.raises(ProtocolError):
+        decoder.row_at(insert(99, [1]), 0)
+
+
+@pytest.mark.parametrize("length", [-1, 1_000_000])
+def test_a_column_length_past_the_message_is_truncation(decoder, length):
+    message = bytearray(insert(BOOKS_RELID, ROW))
+    struct.pack_into(">i", message, 1 + 4 + 1 + 2 + 1, length)  # the first column's length
+    with pytest.raises(ProtocolError):
+        decoder.decode(bytes(message))

@@ -116,3 +116,38 @@ def test_a_spec_pickles_with_its_converters():
     row = {"flag": copy.convert("flag", "t"), "tags": copy.convert("tags", "{a,NULL}"), "amount": copy.convert("amount", "1.50")}
     assert copy.render(row) == s.render(row) == ("true {a,NULL}", {"amount": "1.50", "tags": ["a", None]})
     assert copy.types == {16400: (16400, 16390)}
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{name}", "{name} {name}", "{{{name}}} {{ }} {year}", "{description}: {name} ({year})", "{year}{name}{year}"],
+)
+def test_plain_templates_render_as_format_map_with_nulls_blank(template):
+    """render fills a numbered copy of a plain template; the text must be what format_map of
+    the values (NULL as "") gives, for repeated fields and escaped braces too."""
+    s = spec(template, ["name"])
+    for row in ({"name": "Dune", "description": "Sand.", "year": 1965},
+                {"name": None, "description": "x", "year": None},
+                {"name": "{0}", "description": "{name}", "year": 0}):
+        blank = {k: "" if v is None else v for k, v in row.items()}
+        assert s.render(row) == (template.format_map(blank), {"name": row["name"]})
+
+
+def test_plain_template_with_renderers_and_nulls():
+    s = typed_spec("{flag} {meta} {id}", ["flag"])
+    assert s.render({"flag": False, "meta": None, "id": 3}) == ("false  3", {"flag": False})
+    assert s.render({"flag": None, "meta": [1, "a"], "id": None}) == (' [1, "a"] ', {"flag": None})
+
+
+def test_render_of_a_row_without_a_template_column_raises_key_error():
+    with pytest.raises(KeyError):
+        spec("{name} {description}").render({"name": "x"})
+
+
+@pytest.mark.parametrize("template", ["{name}", "{name} {year}"])
+def test_a_spec_pickles_with_its_compiled_template(template):
+    import pickle
+
+    s = spec(template, ["year"])
+    row = {"name": "Dune", "year": 1965}
+    assert pickle.loads(pickle.dumps(s)).render(row) == s.render(row)
