@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from actors.config import Section, check_custom_resources
 
@@ -75,6 +75,18 @@ class EmbeddingConfig(Section):
 
     model: str = DEFAULT_MODEL
     actors: int = Field(default=1, ge=1, le=1024)
+    #: autoscaling (``cluster/autoscale.py``): the pool starts with ``actors`` actors, grows
+    #: while the slot's lag grows and the actors are busy, up to ``max_actors``, and shrinks
+    #: after a sustained idle period, down to ``min_actors``; on a cluster with an autoscaler
+    #: it asks Ray for the nodes the added actors need.  0 = ``actors`` (a fixed pool);
+    #: ``min_actors <= actors <= max_actors``
+    min_actors: int = Field(default=0, ge=0, le=1024)
+    max_actors: int = Field(default=0, ge=0, le=1024)
+    #: autoscaling: an actor is added when the slot's lag grew over this many seconds while the
+    #: pool was busy, and at most one per 1.5 times this (its effect must show first)
+    scale_up_after_s: float = Field(default=20.0, gt=0, le=3600)
+    #: autoscaling: an actor is removed after the pool was mostly idle this long (each one more)
+    scale_down_after_s: float = Field(default=120.0, gt=0, le=86400)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=64, ge=1, le=8192)
     #: token budget per forward pass (texts sorted by length, cut by total
@@ -105,6 +117,41 @@ class EmbeddingConfig(Section):
     @classmethod
     def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
         return check_custom_resources(value, "embedding.resources")
+
+    # Field validators (not a model validator) so an error names the key: "embedding.min_actors:
+    # ...".  ``actors`` is declared before both, so it is in ``info.data`` when it was valid.
+    @field_validator("min_actors")
+    @classmethod
+    def _min_actors(cls, value: int, info: ValidationInfo) -> int:
+        actors = info.data.get("actors")
+        if value and actors is not None and value > actors:
+            raise ValueError(f"must be at most embedding.actors ({actors}), the size the pool starts "
+                             f"with; lower min_actors or raise actors (0 = the same as actors)")
+        return value
+
+    @field_validator("max_actors")
+    @classmethod
+    def _max_actors(cls, value: int, info: ValidationInfo) -> int:
+        actors = info.data.get("actors")
+        if value and actors is not None and value < actors:
+            raise ValueError(f"must be at least embedding.actors ({actors}), the size the pool starts "
+                             f"with; raise max_actors or lower actors (0 = the same as actors)")
+        return value
+
+    @property
+    def pool_min(self) -> int:
+        """The fewest actors the pool shrinks to (``min_actors``, or ``actors`` when 0)."""
+        return min(self.min_actors or self.actors, self.actors)
+
+    @property
+    def pool_max(self) -> int:
+        """The most actors the pool grows to (``max_actors``, or ``actors`` when 0)."""
+        return max(self.max_actors or self.actors, self.actors)
+
+    @property
+    def autoscaling(self) -> bool:
+        """True when the pool may change size (``pool_min < pool_max``)."""
+        return self.pool_min < self.pool_max
 
 
 def cpu_has_native_bf16() -> bool:

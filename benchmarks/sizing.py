@@ -13,6 +13,12 @@ was measured with the requested model, and prints:
 * how long a backfill of ``--backfill-rows`` rows takes on that many actors.
 
     python -m benchmarks.sizing --rows-per-s 2000 --model default [--backfill-rows 1000000]
+
+``--measure`` runs the measured check of the prediction instead (``benchmarks/bench_sizing.py``):
+the throughput of N actors predicted from one actor's figures, against N actors measured on a
+multi-node loopback Ray cluster::
+
+    embedcluster bench sizing --measure --actors 1,2,4
 """
 
 from __future__ import annotations
@@ -106,7 +112,42 @@ def plan(rate_by_actors: dict[int, float], target: float, efficiency: float, sca
     }
 
 
+def predict_pool_rate(single_rate: float, cpu_s_per_item: float, actors: int, cores: float,
+                      threads_per_actor: int = 1) -> dict[str, Any]:
+    """Items/s of ``actors`` CPU actors on ``cores`` shared cores, from one actor's figures alone.
+
+    ``single_rate``: items/s one actor sustained with ``threads_per_actor`` torch threads, fed
+    enough work to stay busy.  ``cpu_s_per_item``: CPU seconds the whole machine spent per item
+    in that same run (the actor, its tokenizer thread, the driver, Ray's daemons), which is what
+    makes the prediction honest on a machine with fewer cores than threads: N actors can never
+    go faster than the cores can pay for the work.  A roofline, two bounds:
+
+    * parallelism: N actors at most N times one (``N * single_rate``), while their threads fit
+      the cores (``N * threads_per_actor <= cores``);
+    * CPU: at most ``cores / cpu_s_per_item`` items/s, however many actors share the cores.
+
+    Nothing here is fitted to multi-actor runs; ``bound`` says which limit set the figure.
+    """
+    if single_rate <= 0 or cpu_s_per_item <= 0 or actors < 1 or cores <= 0 or threads_per_actor < 1:
+        raise ValueError("single_rate, cpu_s_per_item, cores > 0 and actors, threads_per_actor >= 1 required")
+    parallel = actors * single_rate
+    cpu = cores / cpu_s_per_item
+    return {"actors": actors, "items_per_s": round(min(parallel, cpu), 2),
+            "bound": "parallelism" if parallel <= cpu else "cpu",
+            "parallel_bound": round(parallel, 2), "cpu_bound": round(cpu, 2),
+            "threads_oversubscribed": actors * threads_per_actor > cores}
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if "--measure" in argv:
+        # `embedcluster bench sizing --measure ...`: the measured check (the CLI maps "sizing" here)
+        from benchmarks import bench_sizing
+
+        return bench_sizing.main([a for a in argv if a != "--measure"])
     ap = argparse.ArgumentParser(prog="embedcluster bench sizing", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows-per-s", type=float, required=True, help="sustained change rate to keep up with")
     ap.add_argument("--model", default="default", help="model name as given to bench embed (default: default)")

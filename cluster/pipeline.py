@@ -22,6 +22,7 @@ from actors.changes import format_lsn
 from actors.logs import error_line, setup_logging
 from actors.retry import Backoff
 from actors.source_schema import connect, lag_warning, slot_info
+from cluster.autoscale import AutoscalePolicy, EmbeddingPool, PoolAutoscaler
 from cluster.config import Config
 from cluster.flow import Ack, Action, Apply, Embed, Entry, FlowControl, Read
 from serve_apps.metrics import FRESHNESS_BUCKETS, Histogram
@@ -116,11 +117,19 @@ class PipelineCoordinator:
     """Drives one pipeline.  Plain class; ``PipelineActor`` runs it in the cluster."""
 
     def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int,
-                 partition_writers: list[Any] | None = None) -> None:
+                 partition_writers: list[Any] | None = None, embedder_factory: Any = None) -> None:
         self.config = config
         self.dimension = dimension
         self.reader = reader
-        self.embedders = embedders
+        #: the embedding actors; with [embedding] min_actors < max_actors the autoscaler resizes it
+        #: each turn (cluster/autoscale.py), creating actors with ``embedder_factory``
+        self.pool = EmbeddingPool(embedder_factory, handles=embedders)
+        emb = config.embedding
+        # without a factory (a coordinator built by hand) the pool keeps the actors it was given
+        low, high = (emb.pool_min, emb.pool_max) if embedder_factory is not None else (max(1, len(embedders)),) * 2
+        self.autoscaler = PoolAutoscaler(self.pool, AutoscalePolicy(
+            low, high, target=len(embedders), trend_window_s=emb.scale_up_after_s,
+            grow_cooldown_s=1.5 * emb.scale_up_after_s, shrink_after_idle_s=emb.scale_down_after_s))
         #: the primary writer (partition 0 of ``[sink] writers``: the bookkeeping, searches, verify)
         self.writer = writer
         #: writers 1..W-1 of partitioned writers (actors/writer.py), each with its share of the keys
@@ -130,7 +139,6 @@ class PipelineCoordinator:
         self.slot = config.source.slot
         self.window = config.inflight_batches
         self._stop = threading.Event()
-        self._next_embedder = 0
         self.state = "starting"
         self.last_error: str | None = None
         self.rows_applied = 0
@@ -293,7 +301,7 @@ class PipelineCoordinator:
                 if isinstance(action, Read):
                     read = self.reader.read_batch.remote(cfg.source.max_batch_changes, READ_TIMEOUT_S, action.ack_lsn)
                 elif isinstance(action, Embed):
-                    action.entry.vectors = self._embedder().embed_batch.remote(action.entry.batch)
+                    action.entry.vectors = self.pool.submit(action.entry.batch)
                 elif isinstance(action, Apply):
                     # the writer waits for the vectors ref itself
                     applying = (action.entry, self._apply(action.entry))
@@ -320,6 +328,11 @@ class PipelineCoordinator:
                 continue
             ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
             self._refresh_slot_stats()
+            # also forgets the pool's finished calls (their refs would pin vectors in the object store)
+            self.autoscaler.step(self._slot_stats.get("lag_bytes"))
+            if not self.autoscaler.policy.fixed:
+                # the window follows the pool: 2 batches per actor (unless set), as at start
+                flow.window = cfg.pipeline.max_inflight_batches or 2 * len(self.pool) + 2
             if read is not None and read[0] in ready:
                 meta_ref, batch_ref = read
                 read = None
@@ -416,11 +429,6 @@ class PipelineCoordinator:
             self.state = "streaming"
             log.info("slot %s: backfill written (%d rows); streaming", self.slot, self.backfill_rows)
 
-    def _embedder(self) -> Any:
-        handle = self.embedders[self._next_embedder % len(self.embedders)]
-        self._next_embedder += 1
-        return handle
-
     # -- status -------------------------------------------------------------------
 
     def _refresh_slot_stats(self, force: bool = False) -> None:
@@ -469,6 +477,7 @@ class PipelineCoordinator:
             "backfill_rows": self.backfill_rows,
             "batches_applied": self.batches_applied,
             "writers": len(self.writers),
+            "embedding_actors": len(self.pool),
             "acked_lsn": format_lsn(self.acked_lsn or None),
             **self._slot_stats,
             "errors": self.errors,
@@ -527,9 +536,11 @@ class PipelineActor:
     """Runs a :class:`PipelineCoordinator` on a thread; answers ``stats`` meanwhile."""
 
     def __init__(self, config: Config, reader: Any, embedders: list[Any], writer: Any, dimension: int,
-                 log_level: str = "INFO", partition_writers: list[Any] | None = None) -> None:
+                 log_level: str = "INFO", partition_writers: list[Any] | None = None,
+                 embedder_factory: Any = None) -> None:
         setup_logging(log_level)
-        self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension, partition_writers)
+        self.coordinator = PipelineCoordinator(config, reader, embedders, writer, dimension, partition_writers,
+                                               embedder_factory)
         self.thread: threading.Thread | None = None
         self.exporter: Any = None
         self._parts_lock = threading.Lock()
@@ -577,7 +588,7 @@ class PipelineActor:
                 return dict(self._parts)
             parts: dict[str, Any] = {}
             try:
-                embed = ray.get([e.stats.remote() for e in self.coordinator.embedders], timeout=2)
+                embed = ray.get([e.stats.remote() for e in self.coordinator.pool.all_handles()], timeout=2)
                 parts["embedding"] = {
                     k: sum(s.get(k, 0) for s in embed)
                     for k in ("texts", "unique_texts", "tokens", "truncated", "forward_passes", "seconds")
@@ -603,6 +614,8 @@ class PipelineActor:
         self.coordinator.stop()
         if self.thread is not None:
             self.thread.join(timeout)
+        # the actors the pool added (and the request for room made for them) go with it
+        self.coordinator.pool.close()
         if self.exporter is not None:
             self.exporter.close()
             self.exporter = None

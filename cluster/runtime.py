@@ -95,7 +95,8 @@ def init_ray(config: Config, log_level: str) -> None:
         start_ray(config.ray.address, env_vars={"EMBEDCLUSTER_LOG_LEVEL": log_level})
         return
     cores = config.ray.num_cpus or os.cpu_count() or 1
-    needed = math.ceil(config.embedding.actors * config.embedding.cpus_per_actor)
+    # room for the most actors the pool may grow to ([embedding] max_actors)
+    needed = math.ceil(config.embedding.pool_max * config.embedding.cpus_per_actor)
     start_ray(num_cpus=max(cores, needed), env_vars={"EMBEDCLUSTER_LOG_LEVEL": log_level})
 
 
@@ -277,6 +278,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         embedding_actor_concurrency,
         embedding_runtime_env,
     )
+    from cluster.autoscale import ActorFactory
     from cluster.pipeline import PipelineActor
 
     emb = config.embedding
@@ -289,14 +291,14 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     threads = emb.threads or max(1, min(cores // emb.actors, node_cores or cores))
     # Actors that die are restarted by Ray; the coordinator then replays from
     # the slot's confirmed position (calls in flight fail, none is retried blindly).
-    embedders = [
-        EmbeddingActor.options(
-            name=f"embedder-{i}", num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
-            max_restarts=-1, runtime_env=embedding_runtime_env(), resources=dict(emb.resources) or None,
-            max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker, use_gpu),
-        ).remote(emb, threads, log_level)
-        for i in range(emb.actors)
-    ]
+    # The factory goes to the coordinator too: actors the pool adds ([embedding] max_actors,
+    # cluster/autoscale.py) are created exactly like these.
+    factory = ActorFactory(EmbeddingActor, dict(
+        num_cpus=emb.cpus_per_actor, num_gpus=emb.gpus_per_actor if use_gpu else 0,
+        max_restarts=-1, runtime_env=embedding_runtime_env(), resources=dict(emb.resources) or None,
+        max_concurrency=embedding_actor_concurrency(threads, emb.threads_per_worker, use_gpu),
+    ), (emb, threads, log_level), name_prefix="embedder")
+    embedders = [factory(i) for i in range(emb.actors)]
     # reader, writer and coordinator go where [ray] control_resources says (the head of ray-cluster.yaml):
     # a restarted writer must come back to the node that holds the embedded store
     control = dict(config.ray.control_resources) or None
@@ -327,7 +329,7 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
         emb.actors, infos[0]["device"], infos[0]["dtype"], threads, infos[0]["workers"], dimension,
     )
     pipeline = PipelineActor.options(name=PIPELINE_ACTOR, resources=control).remote(
-        config, reader, embedders, writer, dimension, log_level, partition_writers)
+        config, reader, embedders, writer, dimension, log_level, partition_writers, factory)
     try:
         ray.get(pipeline.start.remote())
     except Exception as exc:  # noqa: BLE001 - e.g. serve.metrics_port taken: one line

@@ -565,3 +565,37 @@ def test_several_writers_on_the_embedded_store_are_refused_naming_the_key(tmp_pa
 @pytest.mark.parametrize("bad", ["0", "65", '"two"'])
 def test_a_bad_writers_count_names_the_key(tmp_path, bad):
     assert "sink.writers" in load_error(write(tmp_path, MYSQL_EXAMPLE.replace(MYSQL_SINK, MYSQL_SINK + f"writers = {bad}\n")))
+
+
+# -- [embedding] min_actors / max_actors (autoscaling, cluster/autoscale.py) ---------------------
+
+
+def test_pool_bounds_default_to_actors(tmp_path):
+    emb = load_config(write(tmp_path, MINIMAL + "[embedding]\nactors = 3\n"), environ={}).embedding
+    assert (emb.min_actors, emb.max_actors) == (0, 0)
+    assert (emb.pool_min, emb.pool_max, emb.autoscaling) == (3, 3, False)
+
+
+def test_pool_bounds_from_the_file(tmp_path):
+    text = MINIMAL + "[embedding]\nactors = 2\nmin_actors = 1\nmax_actors = 6\n"
+    emb = load_config(write(tmp_path, text), environ={}).embedding
+    assert (emb.pool_min, emb.pool_max, emb.autoscaling) == (1, 6, True)
+
+
+def test_only_max_actors_grows_from_actors(tmp_path):
+    emb = load_config(write(tmp_path, MINIMAL + "[embedding]\nmax_actors = 4\n"), environ={}).embedding
+    assert (emb.pool_min, emb.pool_max) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "hint"),
+    [
+        ("actors = 2\nmin_actors = 3", "embedding.min_actors", "at most embedding.actors (2)"),
+        ("actors = 4\nmax_actors = 2", "embedding.max_actors", "at least embedding.actors (4)"),
+        ("min_actors = -1", "embedding.min_actors", ""),
+        ("max_actors = 5000", "embedding.max_actors", ""),
+    ],
+)
+def test_pool_bounds_errors_name_the_key(tmp_path, lines, key, hint):
+    message = load_error(write(tmp_path, MINIMAL + f"[embedding]\n{lines}\n"))
+    assert key in message and hint in message
