@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import os
 import shutil
 import signal
@@ -239,8 +240,11 @@ def measure(args: argparse.Namespace) -> int:
     text = print_table(f"texts/s of N embedding actors ({args.workload} texts, {args.threads} thread(s) each, "
                        f"{cores} cores): predicted from 1 actor vs measured",
                        ["pool", "predicted", "measured", "error", "bound", "other cores"], rows)
+    header = result_header("sizing_measured", "benchmarks.bench_sizing", machine)
+    # the command a user runs: the re-run inside the namespace adds --inside NAME
+    header["command"] = re.sub(r" --inside \S+", "", header["command"])
     data = {
-        **result_header("sizing_measured", "benchmarks.bench_sizing", machine),
+        **header,
         "model": args.model,
         "workload": {"kind": args.workload, "texts": args.texts, "chunk": args.chunk},
         "cluster": {"nodes": [{"cpus": 0, "role": "head (driver)"}]
