@@ -185,7 +185,7 @@ class _ConnProxy:
         return getattr(self._conn, name)
 
 
-class _ReplayPgConn:
+class ReplayPgConn:
     """Stands in for the replication connection's ``PGconn``: hands out recorded CopyData
     messages (as memoryviews, like psycopg), then reports nothing more; status updates
     go nowhere.  ``socket`` is a pipe nobody writes to: never readable."""
@@ -208,8 +208,8 @@ class _ReplayPgConn:
         return 0
 
 
-class _ReplayConn:
-    def __init__(self, pgconn: _ReplayPgConn) -> None:
+class ReplayConn:
+    def __init__(self, pgconn: ReplayPgConn) -> None:
         self.pgconn = pgconn
 
 
@@ -221,7 +221,7 @@ def replay_decode(source: Any, messages: list[bytes], max_changes: int) -> int:
 
     rfd, wfd = os.pipe()
     try:
-        source._repl = _ReplayConn(_ReplayPgConn(messages, rfd))
+        source._repl = ReplayConn(ReplayPgConn(messages, rfd))
         source._streaming = True
         source._last_status = time.monotonic()
         got = 0

@@ -23,6 +23,7 @@ from actors.changes import Change
 from actors.pgoutput import UNCHANGED_TOAST, ProtocolError, RowChange
 from actors.source_config import SourceConfig, TableConfig
 from actors.source_schema import TableSpec
+from benchmarks.bench_cdc import ReplayConn, ReplayPgConn
 from tests.unit.test_pgoutput import TEXT, begin, commit, delete, insert, relation, update
 
 INT4 = 23
@@ -169,35 +170,17 @@ def test_an_insert_without_its_key_is_a_clear_error():
 # -- the garbage collector is paused while a batch is decoded, not while waiting ------------------
 
 
-class _FakePg:
-    """A replication connection with ``messages`` in its buffer; records whether the
-    collector ran at each read."""
+class _FakePg(ReplayPgConn):
+    """The benchmark's replayed replication connection (``messages`` in its buffer, then
+    nothing), recording whether the collector ran at each read."""
 
     def __init__(self, messages: list[bytes], sock: int) -> None:
-        self._messages = list(messages)
-        self.socket = sock
+        super().__init__(messages, sock)
         self.gc_at_reads: list[bool] = []
 
     def get_copy_data(self, async_: int) -> tuple[int, Any]:
         self.gc_at_reads.append(gc.isenabled())
-        if not self._messages:
-            return 0, memoryview(b"")
-        m = self._messages.pop(0)
-        return len(m), memoryview(m)
-
-    def consume_input(self) -> None:
-        pass
-
-    def put_copy_data(self, data: bytes) -> int:
-        return 1
-
-    def flush(self) -> int:
-        return 0
-
-
-class _FakeConn:
-    def __init__(self, pgconn: _FakePg) -> None:
-        self.pgconn = pgconn
+        return super().get_copy_data(async_)
 
 
 @pytest.fixture
@@ -210,7 +193,7 @@ def pipe_fd():
 
 def _streaming(source: PgChangeSource, messages: list[bytes], sock: int) -> _FakePg:
     pg = _FakePg(messages, sock)
-    source._repl, source._streaming = _FakeConn(pg), True  # type: ignore[assignment]
+    source._repl, source._streaming = ReplayConn(pg), True  # type: ignore[assignment]
     return pg
 
 
@@ -255,7 +238,7 @@ def test_collector_runs_while_the_reader_waits(monkeypatch, pipe_fd, enabled_bef
 def test_collector_restored_when_decoding_fails(pipe_fd):
     source = _source()
     pg = _FakePg([wal(relation(RELID, "public", "books", "d", COLUMNS)), b"x" * 30], pipe_fd)
-    source._repl, source._streaming = _FakeConn(pg), True  # type: ignore[assignment]
+    source._repl, source._streaming = ReplayConn(pg), True  # type: ignore[assignment]
     assert gc.isenabled()
     with pytest.raises(ProtocolError), source._lock:
         source._stream_into([], 100, deadline=0)
