@@ -362,12 +362,11 @@ class Writer:
                 others_up, others_del = others_up + other.upserts, others_del + other.deletes
                 others_dead += other.dead_lettered
             self._others_dead_lettered += others_dead
-        if follower:
-            pass  # the primary records the position, once every partition is written
-        elif batch.snapshot_complete:
-            self._complete_backfill(batch.ack_lsn)
-        else:
-            self._record_position(batch.ack_lsn, batch.backfill)
+        if not follower:  # (the primary records the position, once every partition is written)
+            if batch.snapshot_complete:
+                self._complete_backfill(batch.ack_lsn)
+            else:
+                self._record_position(batch.ack_lsn, batch.backfill)
         seconds = time.perf_counter() - started
         if batch.changes:
             log.debug(
