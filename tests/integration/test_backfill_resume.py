@@ -1,5 +1,4 @@
-"""The chunked backfill through ``embedcluster run`` (embedded store; the 60 % kill on MySQL with two
-partitioned writers too): a SIGKILL at 60 % (the real
+"""The chunked backfill through ``embedcluster run`` (embedded store): a SIGKILL at 60 % (the real
 model) resumes from the last chunk stored, while other sessions write (null model from here on); ``embedcluster backfill``
 indexes a table again under a changed template without dropping the slot or stopping the
 stream; a table added to the config is backfilled beside the resumed stream."""
@@ -7,7 +6,6 @@ stream; a table added to the config is backfilled beside the resumed stream."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.support.harness import REPO, CliProcess, RunningApp, free_port, start_run, wait_caught_up, wait_for
 
@@ -25,16 +22,14 @@ SLOT = "chunked"
 
 
 def _config(path: Path, dsn: str, port: int, store: Path, tables: list[dict[str, Any]], chunk: int = 500,
-            readers: int = 2, model: str = "null", sink: dict[str, Any] | None = None) -> Path:
-    """``sink``: the ``[sink]`` keys (default: the embedded store at ``store``)."""
-    sink = sink or {"kind": "qdrant", "collection": "items", "path": str(store)}
+            readers: int = 2, model: str = "null") -> Path:
     lines = ["[source]", f'dsn = "{dsn}"', f'slot = "{SLOT}"', f'publication = "{SLOT}"',
              f"backfill_chunk = {chunk}", f"backfill_readers = {readers}", "max_batch_changes = 500", ""]
     for t in tables:
         lines += ["[[tables]]", f'name = {json.dumps(t["name"])}', f'text = {json.dumps(t["text"])}',
                   "payload = " + json.dumps(t["payload"]), ""]
     lines += ["[embedding]", f'model = "{model}"', "actors = 1", "",
-              "[sink]", *[f"{k} = {json.dumps(v)}" for k, v in sink.items()], "",
+              "[sink]", 'kind = "qdrant"', 'collection = "items"', f"path = {json.dumps(str(store))}", "",
               "[serve]", 'host = "127.0.0.1"', f"port = {port}", ""]
     path.write_text("\n".join(lines))
     return path
@@ -80,19 +75,7 @@ class Churn(threading.Thread):
             self.error = exc
 
 
-@pytest.fixture(params=["embedded", "mysql-2-writers"])
-def resume_sink(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The embedded store, and MySQL with two partitioned writers: there the plan is stored by the
-    primary only once both writers made the chunk's rows durable (actors/writer.py)."""
-    if request.param == "embedded":
-        return {"kind": "qdrant", "collection": "items", "path": str(tmp_path / "store")}
-    server = request.getfixturevalue("mariadb")
-    monkeypatch.setenv("EMBEDCLUSTER_SINK_PASSWORD", server.password)
-    return {"kind": "mysql", "dsn": server.dsn(), "table": f"resume_{os.getpid()}_{id(request)}", "writers": 2}
-
-
-def test_a_backfill_killed_at_60_percent_resumes_at_its_last_chunk_while_others_write(
-        dsn: str, tmp_path: Path, resume_sink: dict[str, Any]) -> None:
+def test_a_backfill_killed_at_60_percent_resumes_at_its_last_chunk_while_others_write(dsn: str, tmp_path: Path) -> None:
     rows, more = 15_000, 4_000  # items is 79 % of the rows
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table, n in (("items", rows), ("more_items", more)):
@@ -105,7 +88,7 @@ def test_a_backfill_killed_at_60_percent_resumes_at_its_last_chunk_while_others_
     # slower CPUs) leaves time to lock more_items while items is read: the backfill cannot
     # get past the end of items, 79 % of the rows, before the kill.
     config = _config(tmp_path / "ec.toml", dsn, port, tmp_path / "store", tables, chunk=100, readers=1,
-                     model="default", sink=resume_sink)
+                     model="default")
     churn = Churn(dsn, rows)
     churn.start()
     # (not start_run: it waits for /healthz, which says "starting" until the backfill is done)
