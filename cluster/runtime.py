@@ -246,6 +246,9 @@ class RunningPipeline:
 
 #: seconds the actors may wait for a node before the wait is logged (the autoscaler may be adding one)
 PLACEMENT_WARN_S = 30.0
+#: how often the actors' start (placement, model load, opening the store) is asked for when one of
+#: them dies meanwhile (launch_pipeline)
+STARTUP_ATTEMPTS = 3
 
 
 def _placed(refs: list[Any], emb: Any, control: dict[str, float]) -> list[Any]:
@@ -314,12 +317,23 @@ def launch_pipeline(config: Config, specs: dict[str, TableSpec], log_level: str 
     reader = CdcReaderActor.options(name="reader", max_restarts=-1, resources=control).remote(
         config.source, specs, log_level)
     try:
-        # the reader and the writers too: a control resource no node offers would leave them waiting
-        placed = [e.info.remote() for e in embedders] + [w.__ray_ready__.remote() for w in (writer, *partition_writers)]
-        placed.append(reader.__ray_ready__.remote())
-        infos = ray.get(_placed(placed, emb, config.ray.control_resources))[: len(embedders)]
-        dimension = infos[0]["dimension"]
-        ray.get([w.open.remote(dimension) for w in (writer, *partition_writers)])
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            try:
+                # the reader and the writers too: a control resource no node offers would leave them waiting
+                placed = [e.info.remote() for e in embedders]
+                placed += [w.__ray_ready__.remote() for w in (writer, *partition_writers, reader)]
+                infos = ray.get(_placed(placed, emb, config.ray.control_resources))[: len(embedders)]
+                dimension = infos[0]["dimension"]
+                ray.get([w.open.remote(dimension) for w in (writer, *partition_writers)])
+                break
+            except ray.exceptions.RayActorError as exc:
+                # An actor's process died while it started (Ray restarts it: max_restarts=-1), and the
+                # call it was running fails with it.  Once running, the coordinator recovers from such
+                # a death by itself; at start-up it is asked again, a few times, before giving up.
+                if attempt == STARTUP_ATTEMPTS:
+                    raise
+                log.warning("an actor of the pipeline died while starting (%s); asking again (%d of %d)",
+                            error_line(exc), attempt + 1, STARTUP_ATTEMPTS)
     except Exception as exc:  # noqa: BLE001 - report the cause in one line
         for handle in [reader, writer, *partition_writers, *embedders]:
             ray.kill(handle)
