@@ -34,9 +34,14 @@ def ray_local() -> Iterator[Any]:
 
     from cluster.runtime import start_ray
 
+    saved = dict(os.environ)
     start_ray(num_cpus=2, quiet=True)  # the product's own start-up: loopback only
     yield ray
     ray.shutdown()
+    # ray.init exports RAY_AUTH_MODE=token (and more) into this process: later tests' subprocesses
+    # (a run joining a cluster started without token auth) must not inherit them
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def factory() -> ActorFactory:
