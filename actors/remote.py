@@ -185,8 +185,7 @@ class WriterActor:
         # actor gets the same arguments, so it indexes the same payload fields again in open()
         self.writer = Writer(_open_sink_patiently(sink, (retries or {}).get("max_retry_delay", 5.0)), slot,
                              payload_indexes=payload_indexes, **(retries or {}))
-        #: partitioned writers (``[sink] writers``): 0 is the primary, which keeps the bookkeeping
-        self.partition = partition
+        # partitioned writers ([sink] writers): 0 is the primary, which keeps the bookkeeping
         if partition and hasattr(self.writer.sink, "maintains_index"):
             self.writer.sink.maintains_index = False  # the primary's sink decides on the vector index
         self._owner = announce_owner(sink) if not self.writer.sink.shared else None
