@@ -90,7 +90,7 @@ def test_poison_rows_are_dead_lettered_the_slot_moves_on_and_retry_writes_them(
         packet(1 << 20)  # the pipeline's connections see 1 MiB
         request.addfinalizer(lambda: packet(original))
         raise_limit = lambda: packet(original)  # noqa: E731
-    config = write_config(tmp_path / "ec.toml", books, port, low)
+    config = write_config(tmp_path / "ec.toml", books, port, low, model="null")
     app = start_run(config, port, tmp_path / "run.log")
     try:
         wait_caught_up(books, "embedcluster")
@@ -125,7 +125,7 @@ def test_poison_rows_are_dead_lettered_the_slot_moves_on_and_retry_writes_them(
     assert still.returncode == 1 and "0 dead letters resolved, 1 still failing" in still.stdout, still.stdout
     if raise_limit is not None:
         raise_limit()
-    config = write_config(tmp_path / "ec.toml", books, port, high)
+    config = write_config(tmp_path / "ec.toml", books, port, high, model="null")
     done = _cli("deadletter", "retry", "--config", str(config))
     assert done.returncode == 0 and "1 dead letters resolved, 0 still failing" in done.stdout, done.stdout + done.stderr
     assert _cli("deadletter", "list", "--config", str(config)).stdout.strip() == "no dead letters"
@@ -152,7 +152,7 @@ def test_a_mysql_outage_is_waited_out_and_the_pipeline_resumes_by_itself(
         monkeypatch.setenv("EMBEDCLUSTER_SINK_PASSWORD", server.password)
         sink = {"kind": "mysql", "dsn": server.dsn(), "table": "books_outage", "dialect": "auto"}
         port = free_port()
-        config = write_config(tmp_path / "ec.toml", books, port, sink)
+        config = write_config(tmp_path / "ec.toml", books, port, sink, model="null")
         app = start_run(config, port, tmp_path / "run.log")
         churn = ChurnWriter(books, seed=3)
         try:
@@ -193,7 +193,7 @@ def test_a_mysql_outage_is_waited_out_and_the_pipeline_resumes_by_itself(
 def test_the_embedded_stores_owner_killed_again_and_again(books: str, tmp_path: Path) -> None:
     sink = {"kind": "qdrant", "collection": "books", "path": str(tmp_path / "qdrant")}
     port = free_port()
-    config = write_config(tmp_path / "ec.toml", books, port, sink)
+    config = write_config(tmp_path / "ec.toml", books, port, sink, model="null")
     app = start_run(config, port, tmp_path / "run.log")
     churn = ChurnWriter(books, seed=9)
     try:

@@ -210,7 +210,7 @@ def test_backfill_story_updates_deletes_status_and_drop(books: str, sink_setting
 @pytest.mark.parametrize("how", ["sigterm"])  # "crash": the SIGKILL of run in test_fault_suite.py
 def test_restart_mid_stream_loses_and_duplicates_nothing(how: str, books: str, sink_settings: dict[str, Any], tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
+    config = write_config(tmp_path / "ec.toml", books, port, sink_settings, model="null")
     churn = ChurnWriter(books, seed=7 if how == "sigterm" else 11)
     app = start_run(config, port, tmp_path / "run1.log")
     churn.start()

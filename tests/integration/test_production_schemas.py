@@ -168,7 +168,7 @@ def test_verify_finds_and_repairs_differences_and_never_reports_lag(
     books: str, sink_settings: dict[str, Any], tmp_path: Path
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path / "ec.toml", books, port, sink_settings)
+    config = write_config(tmp_path / "ec.toml", books, port, sink_settings, model="null")
     embedded = sink_settings["kind"] == "qdrant"
     app = start_run(config, port, tmp_path / "run.log")
     try:
@@ -1047,7 +1047,7 @@ def test_a_store_restored_from_a_backup_is_indexed_again(
     from cluster.demo import BATCH_2, insert_sql
 
     port = free_port()
-    path = write_config(tmp_path / "ec.toml", books, port, sink_settings, slot="resume")
+    path = write_config(tmp_path / "ec.toml", books, port, sink_settings, slot="resume", model="null")
     app = start_run(path, port, tmp_path / "run1.log")
     assert app.cli.stop() == 0, app.cli.output()[-3000:]
     restore = _backup(sink_settings, request, tmp_path)  # the store as it was after the backfill
