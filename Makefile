@@ -33,13 +33,15 @@ install: system-deps $(STAMP)
 
 # PostgreSQL server binaries (initdb, pg_ctl) for the demo and tests, MariaDB for the MySQL sink tests,
 # Chromium for the search page's browser test (driven by Playwright, tests/integration/test_search_page.py),
-# iproute2 for the multi-node test's network namespace (tests/integration/test_multinode.py).
+# iproute2 for the multi-node test's network namespace (tests/integration/test_multinode.py),
+# gcc for the CDC reader's compiled tuple decoder (actors/_pgtuple.pyx; optional, but the tests expect it).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server-core mariadb-client-core"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -47,7 +49,7 @@ system-deps:
 	  $$SUDO systemctl disable --now postgresql mariadb >/dev/null 2>&1 || true; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py actors/_pgtuple.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

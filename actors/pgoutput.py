@@ -147,16 +147,18 @@ _N, _K, _O = b"NKO"
 # tuple column kinds ("t", "n", "u", "b") are literals in _tuple: 116, 110, 117, 98
 
 
-def _tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int, bool]:
+def _py_tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int, bool]:
     """TupleData at ``buf[pos]``: (column name -> value, position after it, any column unchanged TOAST).
 
-    The innermost loop of the reader (once per column of every change): a module
-    function with its constants local, text columns tested first.
+    The innermost loop of the reader (once per column of every change).  This is
+    the fallback: where the C extension ``actors._pgtuple`` is built (at install,
+    when a C compiler is there) its ``tuple_at`` is used instead, with the same
+    results and errors (see :data:`COMPILED`).
     """
     n = _I16(buf, pos)[0]
     pos += 2
     if n != len(plan):
-        if n > len(plan):
+        if n > len(plan) or n < 0:
             raise ProtocolError(f"tuple has {n} columns, relation {rel.qualified_name} has {len(plan)}")
         plan = plan[:n]
     row: dict[str, Any] = {}
@@ -194,6 +196,19 @@ def _tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> 
     return row, pos, toasted
 
 
+try:
+    from actors import _pgtuple
+except ImportError:  # not built (no C compiler at install): the Python loop, same results
+    _pgtuple = None  # type: ignore[assignment]
+    _tuple = _py_tuple
+else:
+    _pgtuple.bind(ProtocolError, UNCHANGED_TOAST)
+    _tuple = _pgtuple.tuple_at  # type: ignore[assignment]
+
+#: True when the compiled tuple decoder is in use (``embedcluster bench cdc`` reports it)
+COMPILED: bool = _pgtuple is not None
+
+
 class PgOutputDecoder:
     """Stateful decoder: remembers Relation messages to name tuple columns."""
 
@@ -226,7 +241,8 @@ class PgOutputDecoder:
         (``UNCHANGED_TOAST``).  The reader's hot path: it takes the message inside
         the XLogData envelope without copying it out, and builds no RowChange
         for the common case.  Truncated input raises ``struct.error`` or
-        ``IndexError`` (:meth:`decode` turns them into :class:`ProtocolError`).
+        ``IndexError`` (:meth:`decode` turns them into :class:`ProtocolError`), or,
+        inside a tuple read by the compiled decoder, that ProtocolError itself.
         """
         tag = buf[pos]
         relid = _U32(buf, pos + 1)[0]

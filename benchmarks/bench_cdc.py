@@ -239,6 +239,26 @@ def replay_decode(source: Any, messages: list[bytes], max_changes: int) -> int:
         os.close(wfd)
 
 
+def available_decoders() -> list[str]:
+    """The TupleData decoders this install has: ``compiled`` (actors._pgtuple, when built) and ``python``."""
+    from actors import pgoutput
+
+    return ["compiled", "python"] if pgoutput.COMPILED else ["python"]
+
+
+@contextlib.contextmanager
+def tuple_decoder(name: str) -> Iterator[None]:
+    """Decode with the named TupleData decoder inside the block (module-level switch in actors.pgoutput)."""
+    from actors import pgoutput
+
+    saved = pgoutput._tuple
+    pgoutput._tuple = pgoutput._pgtuple.tuple_at if name == "compiled" else pgoutput._py_tuple
+    try:
+        yield
+    finally:
+        pgoutput._tuple = saved
+
+
 def implementation_fingerprint() -> dict[str, str]:
     """Which reader code was measured: module path and a content hash per file."""
     import hashlib
@@ -247,7 +267,7 @@ def implementation_fingerprint() -> dict[str, str]:
 
     root = Path(actors.__file__).resolve().parent
     out = {"actors_package": str(root)}
-    for name in ("cdc_reader.py", "pgoutput.py", "source_schema.py", "changes.py"):
+    for name in ("cdc_reader.py", "pgoutput.py", "_pgtuple.pyx", "source_schema.py", "changes.py"):
         try:
             out[name] = hashlib.sha256((root / name).read_bytes()).hexdigest()[:12]
         except OSError:
@@ -336,6 +356,9 @@ class Bench:
 
     # (c) decode only, on a recorded backlog
     def record_and_decode(self, rows: int, repeats: int = 3) -> dict[str, Any]:
+        """(c): record one backlog's CopyData, then decode it offline ``repeats`` times with each
+        tuple decoder (the compiled one, when built, and the Python fallback), interleaved so
+        both see the same machine; the run's own decoder (``--decoder``) is the headline."""
         from actors.cdc_reader import PgChangeSource
         from actors.pgoutput import PgOutputDecoder
 
@@ -350,33 +373,49 @@ class Bench:
             self.src._repl = real_conn
         messages = recorder.messages
         wire_bytes = sum(len(m) for m in messages)
-        times = []
-        cpu_times = []
+        decoders = available_decoders()
+        times: dict[str, list[float]] = {d: [] for d in decoders}
+        cpu_times: dict[str, list[float]] = {d: [] for d in decoders}
         decoded = 0
         for _ in range(repeats):
-            fresh = PgChangeSource(self.source_cfg, self.specs)
-            fresh._decoder = PgOutputDecoder(self.src._decoder.types)
-            fresh._decoder.relations = dict(self.src._decoder.relations)
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            decoded = replay_decode(fresh, messages, self.args.max_changes)
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
-        med = statistics.median(times)
-        cpu_med = statistics.median(cpu_times)
-        return {
+            for name in decoders:
+                with tuple_decoder(name):
+                    fresh = PgChangeSource(self.source_cfg, self.specs)
+                    fresh._decoder = PgOutputDecoder(self.src._decoder.types)
+                    fresh._decoder.relations = dict(self.src._decoder.relations)
+                    c0 = time.process_time()
+                    t0 = time.perf_counter()
+                    decoded = replay_decode(fresh, messages, self.args.max_changes)
+                    times[name].append(time.perf_counter() - t0)
+                    cpu_times[name].append(time.process_time() - c0)
+
+        def summary(name: str) -> dict[str, Any]:
+            med = statistics.median(times[name])
+            cpu_med = statistics.median(cpu_times[name])
+            return {
+                "seconds": [round(t, 4) for t in times[name]],
+                "median_s": round(med, 4),
+                "changes_per_s": round(decoded / med, 1),
+                "us_per_change": round(med / max(1, decoded) * 1e6, 3),
+                "cpu_seconds": [round(t, 4) for t in cpu_times[name]],
+                "changes_per_cpu_s": round(decoded / cpu_med, 1) if cpu_med else None,
+                "cpu_us_per_change": round(cpu_med / max(1, decoded) * 1e6, 3),
+            }
+
+        by_decoder = {name: summary(name) for name in decoders}
+        out = {
             "messages": len(messages),
             "wire_bytes": wire_bytes,
             "changes": decoded,
-            "seconds": [round(t, 4) for t in times],
-            "median_s": round(med, 4),
-            "changes_per_s": round(decoded / med, 1),
-            "us_per_change": round(med / max(1, decoded) * 1e6, 3),
-            "cpu_seconds": [round(t, 4) for t in cpu_times],
-            "changes_per_cpu_s": round(decoded / cpu_med, 1) if cpu_med else None,
-            "cpu_us_per_change": round(cpu_med / max(1, decoded) * 1e6, 3),
+            "tuple_decoder": self.args.decoder,
+            **by_decoder[self.args.decoder],
+            "by_tuple_decoder": by_decoder,
             "_messages": messages,  # removed before writing JSON
         }
+        if len(decoders) == 2:
+            out["compiled_speedup_cpu"] = round(by_decoder["python"]["cpu_us_per_change"]
+                                                / by_decoder["compiled"]["cpu_us_per_change"], 3)
+        return out
 
     # profile one backlog drain
     def profile(self, rows: int, top: int = 25) -> dict[str, Any]:
@@ -711,7 +750,7 @@ def toast_main(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "elapsed_s": elapsed,
         "postgres": {"version": server_version},
-        "implementation": implementation_fingerprint(),
+        "implementation": {**implementation_fingerprint(), "tuple_decoder": args.decoder},
         "settings": {
             "rows": rows, "body_bytes": args.body_bytes, "trials": trials, "max_changes": args.max_changes,
             "read_timeout_s": args.read_timeout,
@@ -764,9 +803,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="the TOAST case instead: --rows docs (default 200000, quick 20000) with out-of-line bodies, "
                          "UPDATE of a column outside template and payload; writes cdc_toast.json")
     ap.add_argument("--body-bytes", type=int, default=4096, help="TOAST case: body size (default 4096)")
+    ap.add_argument("--decoder", choices=["compiled", "python"], default=None,
+                    help="TupleData decoder for the whole run (default: compiled when built, else python); "
+                         "(c) measures both either way")
     args = ap.parse_args(argv)
-    if args.toast:
-        return toast_main(args)
+    args.decoder = args.decoder or available_decoders()[0]
+    if args.decoder not in available_decoders():
+        ap.error("--decoder compiled: actors._pgtuple is not built (run `make install`; it needs gcc)")
+    with tuple_decoder(args.decoder):
+        return toast_main(args) if args.toast else backlog_main(args)
+
+
+def backlog_main(args: argparse.Namespace) -> int:
+    """(a), (b), (c): the books backlog, the steady stream, decode only."""
     args.rows = args.rows or (50_000 if args.quick else 200_000)
     args.trials = args.trials or (2 if args.quick else 3)
     args.seconds = args.seconds or (5.0 if args.quick else 10.0)
@@ -799,11 +848,13 @@ def main(argv: list[str] | None = None) -> int:
             backlog, copy_times = bench.backlog()
             print(f"    median {backlog.median_rate:,.0f} changes/s")
 
-            print(f"(c) decode only: recording {args.rows:,} changes and re-decoding them offline")
+            print(f"(c) decode only: recording {args.rows:,} changes and re-decoding them offline "
+                  f"({' and '.join(available_decoders())} tuple decoder, interleaved)")
             decode_only = bench.record_and_decode(args.rows)
             decode_only.pop("_messages")
-            print(f"    {decode_only['changes_per_s']:,.0f} changes/s wall, {decode_only['changes_per_cpu_s']:,.0f} per "
-                  f"CPU-second ({decode_only['cpu_us_per_change']} CPU-us/change)")
+            for name, d in decode_only["by_tuple_decoder"].items():
+                print(f"    {name}: {d['changes_per_s']:,.0f} changes/s wall, {d['changes_per_cpu_s']:,.0f} per "
+                      f"CPU-second ({d['cpu_us_per_change']} CPU-us/change)")
 
             prof = None
             below = backlog.median_rate < TARGET_CHANGES_PER_S
@@ -827,12 +878,13 @@ def main(argv: list[str] | None = None) -> int:
     own_us = own / args.rows * 1e6
     ceiling = 1e6 / own_us if own_us else None
     rows_tbl = [
-        ["(a) backlog, end to end", s["median_rate"], s["min_rate"], s["max_rate"],
+        [f"(a) backlog, end to end ({args.decoder} tuple decoder)", s["median_rate"], s["min_rate"], s["max_rate"],
          own_us, ceiling, wal / args.rows * 1e6, other,
          "yes" if s["median_rate"] >= TARGET_CHANGES_PER_S else "NO"],
-        ["(c) decode only (Python, offline)", decode_only["changes_per_s"], None, None,
-         decode_only["cpu_us_per_change"], decode_only["changes_per_cpu_s"], None, None,
-         "yes" if decode_only["changes_per_s"] >= TARGET_CHANGES_PER_S else "NO"],
+        *[[f"(c) decode only, offline ({name} tuple decoder)", d["changes_per_s"], None, None,
+           d["cpu_us_per_change"], d["changes_per_cpu_s"], None, None,
+           "yes" if d["changes_per_s"] >= TARGET_CHANGES_PER_S else "NO"]
+          for name, d in decode_only["by_tuple_decoder"].items()],
         [f"(b) steady {args.rate}/s, {args.seconds:.0f}s", steady["decoded_rate_over_run"], None, None,
          steady["reader_cpu_us_per_change"], None, steady["walsender_cpu_us_per_change"],
          steady["cpu"].get("other_cores"), "kept up" if steady["kept_up"] else "FELL BEHIND"],
@@ -862,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "elapsed_s": elapsed,
         "postgres": {"version": server_version, **settings},
-        "implementation": implementation_fingerprint(),
+        "implementation": {**implementation_fingerprint(), "tuple_decoder": args.decoder},
         "settings": {
             "rows_per_trial": args.rows, "txn_rows": args.txn_rows, "trials": args.trials,
             "max_changes": args.max_changes, "read_timeout_s": args.read_timeout,

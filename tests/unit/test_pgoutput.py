@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from actors import pgoutput
 from actors.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
@@ -106,6 +107,17 @@ BOOKS_COLS = [
     (0, "meta", JSONB, -1),
     (0, "active", BOOL, -1),
 ]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def tuple_impl(request, monkeypatch):
+    """Every case runs through both TupleData decoders: the C extension and the Python fallback."""
+    if request.param == "python":
+        monkeypatch.setattr(pgoutput, "_tuple", pgoutput._py_tuple)
+    else:
+        assert pgoutput.COMPILED, "actors._pgtuple is not built: `make install` compiles it (needs gcc)"
+        monkeypatch.setattr(pgoutput, "_tuple", pgoutput._pgtuple.tuple_at)
+    return request.param
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""The compiled TupleData decoder (``actors._pgtuple.tuple_at``) against the Python one
+(``actors.pgoutput._py_tuple``): on any input, valid, cut short or corrupted, both give
+the same row, position and TOAST flag, or fail the same way.
+
+The Python loop reports a buffer cut short as ``struct.error`` / ``IndexError`` (its
+callers turn those into ``ProtocolError("message truncated")``); the compiled one raises
+that ``ProtocolError`` itself, so outcomes are compared after the same translation.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors import pgoutput
+from actors.pgoutput import UNCHANGED_TOAST, ProtocolError
+
+
+class _Rel:
+    qualified_name = "public.t"
+
+
+REL = _Rel()
+
+
+def test_the_extension_is_built_and_in_use() -> None:
+    # make install compiles it (setup.py); without gcc the install falls back silently,
+    # which this test is here to notice in CI
+    assert pgoutput.COMPILED, "actors._pgtuple is not built: run `make install` with gcc present"
+    assert pgoutput._tuple is pgoutput._pgtuple.tuple_at
+
+
+def _outcome(fn: Any, buf: bytes, pos: int, plan: list[tuple[str, Any]]) -> tuple[str, Any]:
+    try:
+        return "ok", fn(buf, pos, REL, plan)
+    except (struct.error, IndexError):
+        return "error", (ProtocolError, "message truncated")
+    except Exception as exc:  # noqa: BLE001 - the comparison is the point: type and message
+        return "error", (type(exc), str(exc))
+
+
+def _same(buf: bytes, pos: int, plan: list[tuple[str, Any]]) -> tuple[str, Any]:
+    py = _outcome(pgoutput._py_tuple, buf, pos, plan)
+    c = _outcome(pgoutput._pgtuple.tuple_at, buf, pos, plan)
+    assert c == py, (buf, pos, plan)
+    return py
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+# one column: (converter, value on the wire); the value is what tuple_data writes
+_text = st.text(max_size=40)
+_ints = st.integers(min_value=-(10**30), max_value=10**30).map(str)
+_int_like = st.one_of(
+    st.sampled_from(["", "-", "+5", " 7", "1_000", "0x10", "007", "-0", "12a", "1:", "/1", "٣", "9" * 19, "-" + "9" * 18]),
+    # digits mixed with the characters next to them in ASCII, signs, spaces and underscores
+    st.text(alphabet="0123456789-+/: _a", max_size=20),
+)
+_column = st.one_of(
+    st.tuples(st.just(None), st.one_of(_text, st.none(), st.just(UNCHANGED_TOAST))),
+    st.tuples(st.just(int), st.one_of(_ints, _int_like, st.none(), st.just(UNCHANGED_TOAST))),
+    st.tuples(st.just(_float), st.one_of(st.floats(allow_nan=False).map(repr), _text)),
+    st.tuples(st.sampled_from([None, int]), st.binary(max_size=12)),  # 'b': binary, kept as bytes
+)
+
+
+def _wire(values: list[Any]) -> bytes:
+    out = struct.pack(">h", len(values))
+    for v in values:
+        if v is None:
+            out += b"n"
+        elif v is UNCHANGED_TOAST:
+            out += b"u"
+        elif isinstance(v, bytes):
+            out += b"b" + struct.pack(">i", len(v)) + v
+        else:
+            raw = v.encode("utf-8", "surrogatepass")
+            out += b"t" + struct.pack(">i", len(raw)) + raw
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(columns=st.lists(_column, max_size=8), prefix=st.binary(max_size=3), extra_plan=st.integers(0, 2))
+def test_valid_tuples_decode_the_same(columns: list[tuple[Any, Any]], prefix: bytes, extra_plan: int) -> None:
+    plan = [(f"c{i}", conv) for i, (conv, _) in enumerate(columns)]
+    # a relation may have more columns than an old tuple carries (plan cut to the tuple)
+    plan += [(f"x{i}", None) for i in range(extra_plan)]
+    buf = prefix + _wire([v for _, v in columns]) + b"tail"
+    _same(buf, len(prefix), plan)
+
+
+@settings(max_examples=150, deadline=None)
+@given(columns=st.lists(_column, min_size=1, max_size=6), data=st.data())
+def test_cut_short_or_corrupted_tuples_fail_the_same(columns: list[tuple[Any, Any]], data: st.DataObject) -> None:
+    plan = [(f"c{i}", conv) for i, (conv, _) in enumerate(columns)]
+    wire = _wire([v for _, v in columns])
+    for cut in range(len(wire)):
+        assert _same(wire[:cut], 0, plan)[0] == "error"
+    at = data.draw(st.integers(0, len(wire) - 1))
+    byte = data.draw(st.integers(0, 255))
+    _same(wire[:at] + bytes([byte]) + wire[at + 1 :], 0, plan)
+
+
+def test_column_counts_that_do_not_fit_fail_the_same() -> None:
+    plan = [("a", None), ("b", int)]
+    for n in (3, -1, -32768, 32767):
+        kind, (exc, message) = _same(struct.pack(">h", n) + b"n" * 4, 0, plan)
+        assert kind == "error" and exc is ProtocolError and "columns" in message
+
+
+def test_integers_of_every_length_and_sign() -> None:
+    for digits in range(1, 25):
+        for text in ("9" * digits, "-" + "9" * digits, "1" + "0" * (digits - 1)):
+            kind, (row, _, _) = _same(_wire([text]), 0, [("v", int)])
+            assert kind == "ok" and row["v"] == int(text)
