@@ -198,14 +198,13 @@ def _py_tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) 
 
 try:
     from actors import _pgtuple
-except ImportError:  # not built (no C compiler at install): the Python loop, same results
+except ImportError:  # not built (no C compiler at install): the Python loops, same results
     _pgtuple = None  # type: ignore[assignment]
-    _tuple = _py_tuple
 else:
     _pgtuple.bind(ProtocolError, UNCHANGED_TOAST)
-    _tuple = _pgtuple.tuple_at  # type: ignore[assignment]
+_tuple = _py_tuple  # the compiled tuple_at once use_decoder("compiled") ran (below, when built)
 
-#: True when the compiled tuple decoder is in use (``embedcluster bench cdc`` reports it)
+#: True when the compiled decoder is built (and so in use, unless :func:`use_decoder` said otherwise)
 COMPILED: bool = _pgtuple is not None
 
 
@@ -233,8 +232,9 @@ class PgOutputDecoder:
         except (struct.error, IndexError):
             raise ProtocolError("message truncated") from None
 
-    def row_at(self, buf: bytes, pos: int) -> tuple[str, Relation, dict[str, Any] | None, dict[str, Any] | None, bool]:
-        """The Insert, Update or Delete message starting at ``buf[pos]``, as a plain tuple.
+    def _py_row_at(self, buf: bytes, pos: int) -> tuple[str, Relation, dict[str, Any] | None, dict[str, Any] | None, bool]:
+        """The Insert, Update or Delete message starting at ``buf[pos]``, as a plain tuple
+        (``row_at``: this method, or its compiled twin where the extension is built).
 
         ``(kind, relation, new, old, toasted)``: the fields of :class:`RowChange`,
         and whether the *new* tuple has a column the server did not resend
@@ -273,6 +273,9 @@ class PgOutputDecoder:
             old, _, _ = _tuple(buf, pos, rel, plan)
             return "D", rel, None, old, False
         raise ProtocolError(f"not a row change: {chr(tag)!r}")
+
+    #: replaced by ``actors._pgtuple.row_at`` (the same steps, compiled) where the extension is built
+    row_at = _py_row_at
 
     def _decode_fast(self, buf: bytes) -> Message:
         """Begin and commit without the generic reader (row changes: :meth:`row_at`)."""
@@ -335,6 +338,27 @@ class PgOutputDecoder:
             return self.relations[relid]
         except KeyError:
             raise ProtocolError(f"row for relation {relid} before its Relation message") from None
+
+
+def use_decoder(name: str) -> None:
+    """Decode row changes with ``"compiled"`` (``actors._pgtuple``) or ``"python"`` from now on, in
+    this process: what the tests and ``bench cdc`` use to run both.  The compiled one is the
+    default wherever it is built."""
+    global _tuple
+    if name == "compiled":
+        if _pgtuple is None:
+            raise RuntimeError("actors._pgtuple is not built: reinstall with a C compiler (gcc) present")
+        _tuple = _pgtuple.tuple_at
+        PgOutputDecoder.row_at = _pgtuple.row_at  # type: ignore[assignment]
+    elif name == "python":
+        _tuple = _py_tuple
+        PgOutputDecoder.row_at = PgOutputDecoder._py_row_at  # type: ignore[method-assign]
+    else:
+        raise ValueError(f"decoder is 'compiled' or 'python', not {name!r}")
+
+
+if COMPILED:
+    use_decoder("compiled")
 
 
 # --- replication stream envelope (CopyData payloads) -------------------------

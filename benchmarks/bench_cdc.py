@@ -6,6 +6,7 @@ Run::
     python -m benchmarks.bench_cdc --quick          # 50,000 rows x 2 trials + 5 s stream
     python -m benchmarks.bench_cdc --rows 500000 --profile --out benchmarks/results/cdc.json
     python -m benchmarks.bench_cdc --toast          # (d) 200,000 rows with TOASTed text (--quick: 20,000)
+    python -m benchmarks.bench_cdc --decoder python # headline, (b) and (d) with the Python decoder
 
 A private PostgreSQL 15 (``cluster.pgserver.LocalPostgres`` in a temporary
 directory, 127.0.0.1 only) with a ``books`` table (id serial pk, name,
@@ -18,6 +19,9 @@ call piggybacks the ack of the previous batch.
     snapshot), drain until ``snapshot_complete`` so the stream is live, then per
     trial COPY ``--rows`` fresh rows (``--txn-rows`` per transaction, untimed)
     and time ``read_batch(max_changes=5000)`` until every change is decoded.
+    Each round runs one trial per row-change decoder this install has (the
+    compiled ``actors._pgtuple`` and the Python fallback), interleaved; the
+    headline is ``--decoder``'s (default: compiled when built).
 (b) steady stream: a separate process inserts at ``--rate`` rows/s for
     ``--seconds`` s (one transaction per 50 ms tick); the reader must keep up.
     Reports insert->decoded latency percentiles and the reader's CPU per change.
@@ -240,23 +244,22 @@ def replay_decode(source: Any, messages: list[bytes], max_changes: int) -> int:
 
 
 def available_decoders() -> list[str]:
-    """The TupleData decoders this install has: ``compiled`` (actors._pgtuple, when built) and ``python``."""
+    """The row-change decoders this install has: ``compiled`` (actors._pgtuple, when built) and ``python``."""
     from actors import pgoutput
 
     return ["compiled", "python"] if pgoutput.COMPILED else ["python"]
 
 
 @contextlib.contextmanager
-def tuple_decoder(name: str) -> Iterator[None]:
-    """Decode with the named TupleData decoder inside the block (module-level switch in actors.pgoutput)."""
+def row_decoder(name: str) -> Iterator[None]:
+    """Decode row changes with the named decoder inside the block (``actors.pgoutput.use_decoder``)."""
     from actors import pgoutput
 
-    saved = pgoutput._tuple
-    pgoutput._tuple = pgoutput._pgtuple.tuple_at if name == "compiled" else pgoutput._py_tuple
+    pgoutput.use_decoder(name)
     try:
         yield
     finally:
-        pgoutput._tuple = saved
+        pgoutput.use_decoder(available_decoders()[0])
 
 
 def implementation_fingerprint() -> dict[str, str]:
@@ -335,29 +338,43 @@ class Bench:
         return took
 
     # (a) backlog
-    def backlog(self) -> tuple[TrialResult, list[float]]:
+    def backlog(self) -> tuple[dict[str, TrialResult], list[float]]:
+        """(a): ``--trials`` rounds; each round drains a fresh ``--rows`` backlog once per
+        decoder this install has (compiled, python), so both see the same machine and server."""
         args = self.args
         rows = args.rows
-        # warm-up: a small backlog (relation message, caches), untimed
-        self.insert(min(10_000, rows))
-        self.drain(min(10_000, rows))
+        decoders = available_decoders()
+        # warm-up: a small backlog per decoder (relation message, caches), untimed
+        for name in decoders:
+            with row_decoder(name):
+                self.insert(min(10_000, rows))
+                self.drain(min(10_000, rows))
         copy_times: list[float] = []
-
-        def setup() -> None:
-            copy_times.append(self.insert(rows))
-
-        def run(_: Any) -> None:
-            self.drain(rows)
-
-        self.batch_sizes = []
-        res = Trials(trials=args.trials, warmup=0, meter=self.meter).run("backlog", run, work=rows, setup=setup)
-        res.extra["mean_batch"] = round(statistics.mean(self.batch_sizes), 1) if self.batch_sizes else 0
-        return res, copy_times
+        seconds: dict[str, list[float]] = {d: [] for d in decoders}
+        cpu: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
+        sizes: dict[str, list[int]] = {d: [] for d in decoders}
+        for _ in range(args.trials):
+            for name in decoders:
+                copy_times.append(self.insert(rows))  # untimed
+                self.batch_sizes = []
+                with row_decoder(name):
+                    before = self.meter.snapshot()
+                    started = time.perf_counter()
+                    self.drain(rows)
+                    seconds[name].append(time.perf_counter() - started)
+                    cpu[name].append(self.meter.delta(before, self.meter.snapshot()))
+                sizes[name] += self.batch_sizes
+        out = {}
+        for name in decoders:
+            res = TrialResult(f"backlog ({name})", seconds[name], rows, {"cpu": cpu[name]})
+            res.extra["mean_batch"] = round(statistics.mean(sizes[name]), 1) if sizes[name] else 0
+            out[name] = res
+        return out, copy_times
 
     # (c) decode only, on a recorded backlog
     def record_and_decode(self, rows: int, repeats: int = 3) -> dict[str, Any]:
         """(c): record one backlog's CopyData, then decode it offline ``repeats`` times with each
-        tuple decoder (the compiled one, when built, and the Python fallback), interleaved so
+        decoder (the compiled one, when built, and the Python fallback), interleaved so
         both see the same machine; the run's own decoder (``--decoder``) is the headline."""
         from actors.cdc_reader import PgChangeSource
         from actors.pgoutput import PgOutputDecoder
@@ -379,7 +396,7 @@ class Bench:
         decoded = 0
         for _ in range(repeats):
             for name in decoders:
-                with tuple_decoder(name):
+                with row_decoder(name):
                     fresh = PgChangeSource(self.source_cfg, self.specs)
                     fresh._decoder = PgOutputDecoder(self.src._decoder.types)
                     fresh._decoder.relations = dict(self.src._decoder.relations)
@@ -407,9 +424,9 @@ class Bench:
             "messages": len(messages),
             "wire_bytes": wire_bytes,
             "changes": decoded,
-            "tuple_decoder": self.args.decoder,
+            "decoder": self.args.decoder,
             **by_decoder[self.args.decoder],
-            "by_tuple_decoder": by_decoder,
+            "by_decoder": by_decoder,
             "_messages": messages,  # removed before writing JSON
         }
         if len(decoders) == 2:
@@ -750,7 +767,7 @@ def toast_main(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "elapsed_s": elapsed,
         "postgres": {"version": server_version},
-        "implementation": {**implementation_fingerprint(), "tuple_decoder": args.decoder},
+        "implementation": {**implementation_fingerprint(), "decoder": args.decoder},
         "settings": {
             "rows": rows, "body_bytes": args.body_bytes, "trials": trials, "max_changes": args.max_changes,
             "read_timeout_s": args.read_timeout,
@@ -804,13 +821,13 @@ def main(argv: list[str] | None = None) -> int:
                          "UPDATE of a column outside template and payload; writes cdc_toast.json")
     ap.add_argument("--body-bytes", type=int, default=4096, help="TOAST case: body size (default 4096)")
     ap.add_argument("--decoder", choices=["compiled", "python"], default=None,
-                    help="TupleData decoder for the whole run (default: compiled when built, else python); "
+                    help="row-change decoder for the whole run (default: compiled when built, else python); "
                          "(c) measures both either way")
     args = ap.parse_args(argv)
     args.decoder = args.decoder or available_decoders()[0]
     if args.decoder not in available_decoders():
         ap.error("--decoder compiled: actors._pgtuple is not built (run `make install`; it needs gcc)")
-    with tuple_decoder(args.decoder):
+    with row_decoder(args.decoder):
         return toast_main(args) if args.toast else backlog_main(args)
 
 
@@ -843,16 +860,18 @@ def backlog_main(args: argparse.Namespace) -> int:
             print(f"CPU: {machine['cpu_model']} x {machine['cores']}, flags {machine.get('cpu_flags')}, "
                   f"load average {machine['load_average_at_start']}")
 
-            print(f"(a) backlog: {args.trials} trials x {args.rows:,} rows "
+            print(f"(a) backlog: {args.trials} rounds x {args.rows:,} rows per decoder "
                   f"({args.txn_rows:,} rows per COPY transaction), read_batch(max_changes={args.max_changes})")
-            backlog, copy_times = bench.backlog()
-            print(f"    median {backlog.median_rate:,.0f} changes/s")
+            backlogs, copy_times = bench.backlog()
+            backlog = backlogs[args.decoder]
+            for name, res in backlogs.items():
+                print(f"    {name} decoder: median {res.median_rate:,.0f} changes/s")
 
             print(f"(c) decode only: recording {args.rows:,} changes and re-decoding them offline "
-                  f"({' and '.join(available_decoders())} tuple decoder, interleaved)")
+                  f"({' and '.join(available_decoders())} decoder, interleaved)")
             decode_only = bench.record_and_decode(args.rows)
             decode_only.pop("_messages")
-            for name, d in decode_only["by_tuple_decoder"].items():
+            for name, d in decode_only["by_decoder"].items():
                 print(f"    {name}: {d['changes_per_s']:,.0f} changes/s wall, {d['changes_per_cpu_s']:,.0f} per "
                       f"CPU-second ({d['cpu_us_per_change']} CPU-us/change)")
 
@@ -870,21 +889,31 @@ def backlog_main(args: argparse.Namespace) -> int:
                 bench.close()
 
     # -- report ----------------------------------------------------------------
-    s = backlog.summary()
-    cpu = backlog.extra["cpu"]
-    own = statistics.median(c.get("own_cpu_s", 0) for c in cpu)
-    wal = statistics.median(c.get("walsender_cpu_s", 0) for c in cpu)
-    other = statistics.median(c.get("other_cores", 0) for c in cpu)
-    own_us = own / args.rows * 1e6
-    ceiling = 1e6 / own_us if own_us else None
+    def backlog_summary(res: TrialResult) -> dict[str, Any]:
+        cpu = res.extra["cpu"]
+        own = statistics.median(c.get("own_cpu_s", 0) for c in cpu)
+        wal = statistics.median(c.get("walsender_cpu_s", 0) for c in cpu)
+        own_us = own / args.rows * 1e6
+        ceiling = 1e6 / own_us if own_us else None
+        summary = res.summary()
+        return {**summary, "reader_cpu_us_per_change": round(own_us, 3),
+                "reader_cpu_bound_changes_per_s": round(ceiling, 1) if ceiling else None,
+                "median_other_cores": statistics.median(c.get("other_cores", 0) for c in cpu),
+                "walsender_cpu_us_per_change": round(wal / args.rows * 1e6, 3),
+                "mean_batch": res.extra.get("mean_batch"),
+                "target_met": summary["median_rate"] >= TARGET_CHANGES_PER_S}
+
+    by_decoder = {name: backlog_summary(res) for name, res in backlogs.items()}
+    s = by_decoder[args.decoder]
     rows_tbl = [
-        [f"(a) backlog, end to end ({args.decoder} tuple decoder)", s["median_rate"], s["min_rate"], s["max_rate"],
-         own_us, ceiling, wal / args.rows * 1e6, other,
-         "yes" if s["median_rate"] >= TARGET_CHANGES_PER_S else "NO"],
-        *[[f"(c) decode only, offline ({name} tuple decoder)", d["changes_per_s"], None, None,
+        *[[f"(a) backlog, end to end ({name} decoder)", b["median_rate"], b["min_rate"], b["max_rate"],
+           b["reader_cpu_us_per_change"], b["reader_cpu_bound_changes_per_s"], b["walsender_cpu_us_per_change"],
+           b["median_other_cores"], "yes" if b["target_met"] else "NO"]
+          for name, b in by_decoder.items()],
+        *[[f"(c) decode only, offline ({name} decoder)", d["changes_per_s"], None, None,
            d["cpu_us_per_change"], d["changes_per_cpu_s"], None, None,
            "yes" if d["changes_per_s"] >= TARGET_CHANGES_PER_S else "NO"]
-          for name, d in decode_only["by_tuple_decoder"].items()],
+          for name, d in decode_only["by_decoder"].items()],
         [f"(b) steady {args.rate}/s, {args.seconds:.0f}s", steady["decoded_rate_over_run"], None, None,
          steady["reader_cpu_us_per_change"], None, steady["walsender_cpu_us_per_change"],
          steady["cpu"].get("other_cores"), "kept up" if steady["kept_up"] else "FELL BEHIND"],
@@ -914,22 +943,21 @@ def backlog_main(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "elapsed_s": elapsed,
         "postgres": {"version": server_version, **settings},
-        "implementation": {**implementation_fingerprint(), "tuple_decoder": args.decoder},
+        "implementation": {**implementation_fingerprint(), "decoder": args.decoder},
         "settings": {
             "rows_per_trial": args.rows, "txn_rows": args.txn_rows, "trials": args.trials,
             "max_changes": args.max_changes, "read_timeout_s": args.read_timeout,
             "table": "books(id serial pk, name text, description text, author text, year int)",
             "text_template": "{name}: {description}", "payload": ["name", "author", "year"],
-            "warmup": "one untimed 10,000-row backlog before the trials",
+            "warmup": "one untimed 10,000-row backlog per decoder before the trials",
+            "rounds": "each round drains one fresh backlog per decoder (interleaved)",
             "steady_rate": args.rate, "steady_seconds": args.seconds,
         },
         "target_changes_per_s": TARGET_CHANGES_PER_S,
-        "backlog": {**s, "copy_seconds": [round(x, 3) for x in copy_times],
-                    "reader_cpu_us_per_change": round(own / args.rows * 1e6, 3),
-                    "reader_cpu_bound_changes_per_s": round(ceiling, 1) if ceiling else None,
-                    "median_other_cores": other,
-                    "walsender_cpu_us_per_change": round(wal / args.rows * 1e6, 3),
-                    "target_met": s["median_rate"] >= TARGET_CHANGES_PER_S},
+        "backlog": {**s, "decoder": args.decoder, "copy_seconds": [round(x, 3) for x in copy_times]},
+        "backlog_by_decoder": by_decoder,
+        "compiled_speedup_end_to_end": (round(by_decoder["compiled"]["median_rate"] / by_decoder["python"]["median_rate"], 3)
+                                        if len(by_decoder) == 2 else None),
         "decode_only": decode_only,
         "steady": steady,
         "profile": prof,
@@ -941,11 +969,12 @@ def backlog_main(args: argparse.Namespace) -> int:
         f"PgChangeSource decode rate ({args.rows:,}-row backlog, {machine['cores']} cores of "
         f"{machine['cpu_model']}, {'+'.join(machine.get('cpu_flags') or []) or 'no listed flags'}); "
         f"target {TARGET_CHANGES_PER_S:,}/s",
-        ["backlog end to end", "decode only (offline)", f"steady {args.rate}/s"],
-        {"changes/s": [s["median_rate"], decode_only["changes_per_s"], steady["decoded_rate_over_run"]],
-         "target": [TARGET_CHANGES_PER_S, TARGET_CHANGES_PER_S, float(args.rate)]},
+        ["backlog end to end", "decode only (offline)"],
+        {**{f"{name} decoder": [b["median_rate"], decode_only["by_decoder"][name]["changes_per_s"]]
+            for name, b in by_decoder.items()},
+         "target": [TARGET_CHANGES_PER_S, TARGET_CHANGES_PER_S]},
         "changes/s",
-        {"changes/s": [(s["min_rate"], s["max_rate"]), None, None]},
+        {f"{name} decoder": [(b["min_rate"], b["max_rate"]), None] for name, b in by_decoder.items()},
     )
     print(f"done in {elapsed:.0f}s")
     return 0

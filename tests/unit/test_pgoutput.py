@@ -110,14 +110,11 @@ BOOKS_COLS = [
 
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
-def tuple_impl(request, monkeypatch):
-    """Every case runs through both TupleData decoders: the C extension and the Python fallback."""
-    if request.param == "python":
-        monkeypatch.setattr(pgoutput, "_tuple", pgoutput._py_tuple)
-    else:
-        assert pgoutput.COMPILED, "actors._pgtuple is not built: `make install` compiles it (needs gcc)"
-        monkeypatch.setattr(pgoutput, "_tuple", pgoutput._pgtuple.tuple_at)
-    return request.param
+def tuple_impl(request):
+    """Every case runs through both decoders of row changes: the C extension and the Python fallback."""
+    pgoutput.use_decoder(request.param)
+    yield request.param
+    pgoutput.use_decoder("compiled" if pgoutput.COMPILED else "python")
 
 
 @pytest.fixture
