@@ -241,8 +241,8 @@ class PgOutputDecoder:
         (``UNCHANGED_TOAST``).  The reader's hot path: it takes the message inside
         the XLogData envelope without copying it out, and builds no RowChange
         for the common case.  Truncated input raises ``struct.error`` or
-        ``IndexError`` (:meth:`decode` turns them into :class:`ProtocolError`), or,
-        inside a tuple read by the compiled decoder, that ProtocolError itself.
+        ``IndexError`` here (:meth:`decode` and the reader turn them into
+        :class:`ProtocolError`); the compiled twin raises that ProtocolError itself.
         """
         tag = buf[pos]
         relid = _U32(buf, pos + 1)[0]
