@@ -72,7 +72,7 @@ def tuple_data(values: list) -> bytes:
         elif isinstance(v, bytes):
             out += b"b" + struct.pack(">i", len(v)) + v
         else:
-            raw = str(v).encode("utf-8")
+            raw = str(v).encode("utf-8", "surrogatepass")  # (lone surrogates: invalid UTF-8 on purpose)
             out += b"t" + struct.pack(">i", len(raw)) + raw
     return out
 

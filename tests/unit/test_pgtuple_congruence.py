@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from actors import pgoutput
 from actors.pgoutput import UNCHANGED_TOAST, ProtocolError
+from tests.unit.test_pgoutput import tuple_data  # the wire form of a tuple (str, int, None, TOAST, bytes)
 
 
 class _Rel:
@@ -69,28 +70,13 @@ _column = st.one_of(
 )
 
 
-def _wire(values: list[Any]) -> bytes:
-    out = struct.pack(">h", len(values))
-    for v in values:
-        if v is None:
-            out += b"n"
-        elif v is UNCHANGED_TOAST:
-            out += b"u"
-        elif isinstance(v, bytes):
-            out += b"b" + struct.pack(">i", len(v)) + v
-        else:
-            raw = v.encode("utf-8", "surrogatepass")
-            out += b"t" + struct.pack(">i", len(raw)) + raw
-    return out
-
-
 @settings(max_examples=300, deadline=None)
 @given(columns=st.lists(_column, max_size=8), prefix=st.binary(max_size=3), extra_plan=st.integers(0, 2))
 def test_valid_tuples_decode_the_same(columns: list[tuple[Any, Any]], prefix: bytes, extra_plan: int) -> None:
     plan = [(f"c{i}", conv) for i, (conv, _) in enumerate(columns)]
     # a relation may have more columns than an old tuple carries (plan cut to the tuple)
     plan += [(f"x{i}", None) for i in range(extra_plan)]
-    buf = prefix + _wire([v for _, v in columns]) + b"tail"
+    buf = prefix + tuple_data([v for _, v in columns]) + b"tail"
     _same(buf, len(prefix), plan)
 
 
@@ -98,7 +84,7 @@ def test_valid_tuples_decode_the_same(columns: list[tuple[Any, Any]], prefix: by
 @given(columns=st.lists(_column, min_size=1, max_size=6), data=st.data())
 def test_cut_short_or_corrupted_tuples_fail_the_same(columns: list[tuple[Any, Any]], data: st.DataObject) -> None:
     plan = [(f"c{i}", conv) for i, (conv, _) in enumerate(columns)]
-    wire = _wire([v for _, v in columns])
+    wire = tuple_data([v for _, v in columns])
     for cut in range(len(wire)):
         assert _same(wire[:cut], 0, plan)[0] == "error"
     at = data.draw(st.integers(0, len(wire) - 1))
@@ -116,7 +102,7 @@ def test_column_counts_that_do_not_fit_fail_the_same() -> None:
 def test_integers_of_every_length_and_sign() -> None:
     for digits in range(1, 25):
         for text in ("9" * digits, "-" + "9" * digits, "1" + "0" * (digits - 1)):
-            kind, (row, _, _) = _same(_wire([text]), 0, [("v", int)])
+            kind, (row, _, _) = _same(tuple_data([text]), 0, [("v", int)])
             assert kind == "ok" and row["v"] == int(text)
 
 
@@ -164,7 +150,7 @@ _shape = st.sampled_from([b"IN", b"UN", b"UKN", b"UON", b"DK", b"DO", b"IK", b"U
 def test_row_messages_decode_and_fail_the_same(columns: list[tuple[Any, Any]], shape: bytes, relid: int,
                                                envelope: bool, data: st.DataObject) -> None:
     d = _decoder(columns)
-    tup = _wire([v for _, v in columns])
+    tup = tuple_data([v for _, v in columns])
     body = shape[:1] + struct.pack(">I", relid) + shape[1:2] + tup
     if len(shape) == 3:  # an update with an old tuple: old, then the new tuple's marker and tuple
         body += shape[2:3] + tup
@@ -181,9 +167,9 @@ def test_row_at_rebuilds_its_plan_after_a_new_relation_message_in_both() -> None
     from actors.pgoutput import Column, Relation
 
     d = _decoder([(int, "1"), (None, "a")])
-    message = b"I" + struct.pack(">I", RELID) + b"N" + _wire(["1", "a"])
+    message = b"I" + struct.pack(">I", RELID) + b"N" + tuple_data(["1", "a"])
     assert _same_row(d, message, 0)[1][2] == {"c0": 1, "c1": "a"}
     # the table's second column became an integer: a new Relation object, a new plan
     d.relations[RELID] = Relation(RELID, "public", "t", "d", [Column("c0", 25, True), Column("c1", 23, False)])
-    kind, result = _same_row(d, b"I" + struct.pack(">I", RELID) + b"N" + _wire(["1", "2"]), 0)
+    kind, result = _same_row(d, b"I" + struct.pack(">I", RELID) + b"N" + tuple_data(["1", "2"]), 0)
     assert kind == "ok" and result[2] == {"c0": "1", "c1": 2}
