@@ -344,7 +344,7 @@ def use_decoder(name: str) -> None:
     """Decode row changes with ``"compiled"`` (``actors._pgtuple``) or ``"python"`` from now on, in
     this process: what the tests and ``bench cdc`` use to run both.  The compiled one is the
     default wherever it is built."""
-    global _tuple
+    global _tuple, DECODER
     if name == "compiled":
         if _pgtuple is None:
             raise RuntimeError("actors._pgtuple is not built: reinstall with a C compiler (gcc) present")
@@ -355,6 +355,11 @@ def use_decoder(name: str) -> None:
         PgOutputDecoder.row_at = PgOutputDecoder._py_row_at  # type: ignore[method-assign]
     else:
         raise ValueError(f"decoder is 'compiled' or 'python', not {name!r}")
+    DECODER = name
+
+
+#: the decoder of row changes in use: "compiled" or "python" (set by :func:`use_decoder`)
+DECODER = "python"
 
 
 if COMPILED:

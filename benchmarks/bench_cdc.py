@@ -64,7 +64,6 @@ from benchmarks.common import (
     RESULTS_DIR,
     CpuMeter,
     TrialResult,
-    Trials,
     result_header,
     machine_info,
     plot_bars,
@@ -255,11 +254,12 @@ def row_decoder(name: str) -> Iterator[None]:
     """Decode row changes with the named decoder inside the block (``actors.pgoutput.use_decoder``)."""
     from actors import pgoutput
 
+    before = pgoutput.DECODER
     pgoutput.use_decoder(name)
     try:
         yield
     finally:
-        pgoutput.use_decoder(available_decoders()[0])
+        pgoutput.use_decoder(before)
 
 
 def implementation_fingerprint() -> dict[str, str]:

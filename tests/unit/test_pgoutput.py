@@ -112,9 +112,10 @@ BOOKS_COLS = [
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def tuple_impl(request):
     """Every case runs through both decoders of row changes: the C extension and the Python fallback."""
+    before = pgoutput.DECODER
     pgoutput.use_decoder(request.param)
     yield request.param
-    pgoutput.use_decoder("compiled" if pgoutput.COMPILED else "python")
+    pgoutput.use_decoder(before)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,20 @@ def test_the_extension_is_built_and_in_use() -> None:
     # make install compiles it (setup.py); without gcc the install falls back silently,
     # which this test is here to notice in CI
     assert pgoutput.COMPILED, "actors._pgtuple is not built: run `make install` with gcc present"
-    assert pgoutput._tuple is pgoutput._pgtuple.tuple_at
+    assert pgoutput.DECODER == "compiled" and pgoutput._tuple is pgoutput._pgtuple.tuple_at
+    assert pgoutput.PgOutputDecoder.row_at is pgoutput._pgtuple.row_at
+
+
+def test_use_decoder_switches_both_parts_and_refuses_other_names() -> None:
+    try:
+        pgoutput.use_decoder("python")
+        assert pgoutput.DECODER == "python" and pgoutput._tuple is pgoutput._py_tuple
+        assert pgoutput.PgOutputDecoder.row_at is pgoutput.PgOutputDecoder._py_row_at
+        with pytest.raises(ValueError, match="'compiled' or 'python'"):
+            pgoutput.use_decoder("fast")
+        assert pgoutput.DECODER == "python"
+    finally:
+        pgoutput.use_decoder("compiled")
 
 
 def _outcome(fn: Any, buf: bytes, pos: int, plan: list[tuple[str, Any]]) -> tuple[str, Any]:
