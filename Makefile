@@ -34,7 +34,7 @@ install: system-deps $(STAMP)
 # PostgreSQL server binaries (initdb, pg_ctl) for the demo and tests, MariaDB for the MySQL sink tests,
 # Chromium for the search page's browser test (driven by Playwright, tests/integration/test_search_page.py),
 # iproute2 for the multi-node test's network namespace (tests/integration/test_multinode.py),
-# gcc for the CDC reader's compiled tuple decoder (actors/_pgtuple.pyx; optional, but the tests expect it).
+# gcc for the CDC reader's compiled row-change decoder (actors/_pgtuple.pyx; optional, but the tests expect it).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \

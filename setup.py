@@ -1,8 +1,8 @@
-"""Build hook for the one C extension, ``actors._pgtuple`` (the reader's compiled tuple decoder).
+"""Build hook for the one C extension, ``actors._pgtuple`` (the CDC reader's compiled row-change decoder).
 
 Everything else is in pyproject.toml.  The extension is optional: without a C compiler
-the install still succeeds and ``actors.pgoutput`` uses its Python loop (same results,
-about a third more reader CPU per change; ``actors.pgoutput.COMPILED`` says which).
+the install still succeeds and ``actors.pgoutput`` uses its Python code (same results,
+about half as much again reader CPU per change; ``actors.pgoutput.COMPILED`` says which).
 """
 
 from Cython.Build import cythonize
