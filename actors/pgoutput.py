@@ -144,7 +144,7 @@ _BEGIN = struct.Struct(">QqI").unpack_from
 _COMMIT = struct.Struct(">bQQq").unpack_from
 _TAG_I, _TAG_U, _TAG_D, _TAG_B, _TAG_C = b"IUDBC"
 _N, _K, _O = b"NKO"
-# tuple column kinds ("t", "n", "u", "b") are literals in _tuple: 116, 110, 117, 98
+# tuple column kinds ("t", "n", "u", "b") are literals in _py_tuple: 116, 110, 117, 98
 
 
 def _py_tuple(buf: bytes, pos: int, rel: Relation, plan: list[tuple[str, Any]]) -> tuple[dict[str, Any], int, bool]:
@@ -202,7 +202,6 @@ except ImportError:  # not built (no C compiler at install): the Python loops, s
     _pgtuple = None  # type: ignore[assignment]
 else:
     _pgtuple.bind(ProtocolError, UNCHANGED_TOAST)
-_tuple = _py_tuple  # the compiled tuple_at once use_decoder("compiled") ran (below, when built)
 
 #: True when the compiled decoder is built (and so in use, unless :func:`use_decoder` said otherwise)
 COMPILED: bool = _pgtuple is not None
@@ -255,22 +254,22 @@ class PgOutputDecoder:
         if tag == _TAG_I:
             if marker != _N:
                 raise ProtocolError("insert without new tuple")
-            new, _, toasted = _tuple(buf, pos, rel, plan)
+            new, _, toasted = _py_tuple(buf, pos, rel, plan)
             return "I", rel, new, None, toasted
         if tag == _TAG_U:
             old = None
             if marker == _K or marker == _O:
-                old, pos, _ = _tuple(buf, pos, rel, plan)
+                old, pos, _ = _py_tuple(buf, pos, rel, plan)
                 marker = buf[pos]
                 pos += 1
             if marker != _N:
                 raise ProtocolError("update without new tuple")
-            new, _, toasted = _tuple(buf, pos, rel, plan)
+            new, _, toasted = _py_tuple(buf, pos, rel, plan)
             return "U", rel, new, old, toasted
         if tag == _TAG_D:
             if marker != _K and marker != _O:
                 raise ProtocolError("delete without old tuple")
-            old, _, _ = _tuple(buf, pos, rel, plan)
+            old, _, _ = _py_tuple(buf, pos, rel, plan)
             return "D", rel, None, old, False
         raise ProtocolError(f"not a row change: {chr(tag)!r}")
 
@@ -344,22 +343,19 @@ def use_decoder(name: str) -> None:
     """Decode row changes with ``"compiled"`` (``actors._pgtuple``) or ``"python"`` from now on, in
     this process: what the tests and ``bench cdc`` use to run both.  The compiled one is the
     default wherever it is built."""
-    global _tuple, DECODER
     if name == "compiled":
         if _pgtuple is None:
             raise RuntimeError("actors._pgtuple is not built: reinstall with a C compiler (gcc) present")
-        _tuple = _pgtuple.tuple_at
         PgOutputDecoder.row_at = _pgtuple.row_at  # type: ignore[assignment]
     elif name == "python":
-        _tuple = _py_tuple
         PgOutputDecoder.row_at = PgOutputDecoder._py_row_at  # type: ignore[method-assign]
     else:
         raise ValueError(f"decoder is 'compiled' or 'python', not {name!r}")
-    DECODER = name
 
 
-#: the decoder of row changes in use: "compiled" or "python" (set by :func:`use_decoder`)
-DECODER = "python"
+def decoder_in_use() -> str:
+    """``"compiled"`` or ``"python"``: which decoder of row changes :func:`use_decoder` chose."""
+    return "python" if PgOutputDecoder.row_at is PgOutputDecoder._py_row_at else "compiled"
 
 
 if COMPILED:

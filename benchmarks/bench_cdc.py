@@ -254,7 +254,7 @@ def row_decoder(name: str) -> Iterator[None]:
     """Decode row changes with the named decoder inside the block (``actors.pgoutput.use_decoder``)."""
     from actors import pgoutput
 
-    before = pgoutput.DECODER
+    before = pgoutput.decoder_in_use()
     pgoutput.use_decoder(name)
     try:
         yield

@@ -112,7 +112,7 @@ BOOKS_COLS = [
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def tuple_impl(request):
     """Every case runs through both decoders of row changes: the C extension and the Python fallback."""
-    before = pgoutput.DECODER
+    before = pgoutput.decoder_in_use()
     pgoutput.use_decoder(request.param)
     yield request.param
     pgoutput.use_decoder(before)
